@@ -1,0 +1,15 @@
+"""Train a ViT (Dosovitskiy et al. 2021) image classifier with Ray Train; the run and model land in MLflow.
+
+python jobs/train_vit.py                      # default preset: the built-in demo set, a few minutes on a CPU
+python jobs/train_vit.py --preset smoke       # about a minute
+python jobs/train_vit.py data.path=/data/prepared model.name=vit_micro_patch4_32 scaling.num_workers=2
+python jobs/train_vit.py --help               # every config field with its default
+"""
+
+import sys
+from pathlib import Path
+
+from fovea.train.trainer import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("train_vit", Path(__file__).parent / "configs" / "vit", __doc__.splitlines()[0]))

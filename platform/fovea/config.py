@@ -1,0 +1,338 @@
+"""Typed run configuration: one frozen pydantic model per run, one sub-config per component.
+
+A run's configuration is assembled in this order, later sources winning:
+schema defaults < preset YAML (``jobs/configs/<job>/<preset>.yaml``) < ``--config FILE.yaml`` < ``key.path=value``
+overrides on the command line. Everything is validated before Ray starts; errors name the dotted field path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    """Base for every config section: immutable, unknown keys rejected, defaults validated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("vit_micro_patch4_32", description="timm model name (fovea.models registers more)")
+    img_size: int = Field(224, ge=8, description="input resolution (square) the model is built for")
+    pretrained: bool = Field(False, description="start from timm's published weights (needs hub access)")
+    checkpoint: str = Field("", description="local weights file to start from (head resized to the dataset)")
+    window_size: int | None = Field(None, ge=1, description="Swin: attention window size (None = model default)")
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
+    drop_path_rate: float = Field(0.1, ge=0, lt=1, description="stochastic depth rate")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the constructor")
+
+
+class DataConfig(_Section):
+    path: str = Field("", description="prepared dataset folder holding manifest.json ('' = built-in demo set)")
+    batch_size: int = Field(64, ge=1, description="training batch size per worker")
+    eval_batch_size: int = Field(0, ge=0, description="evaluation batch size per worker (0 = 2 x batch_size)")
+    shuffle: Literal["files", "global", "none"] = Field(
+        "files", description="per-epoch order: shuffle shard files, a full global row shuffle, or none"
+    )
+    shuffle_buffer: int = Field(1024, ge=0, description="rows in the worker's local shuffle buffer (0 = off)")
+    decode_batch_size: int = Field(64, ge=1, description="rows per Ray Data decode/augment task batch")
+    prefetch_batches: int = Field(2, ge=0, description="batches prefetched on each worker")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
+    crop_ratio: tuple[float, float] = Field((0.75, 1.3333), description="RandomResizedCrop aspect-ratio range")
+    crop_pct: float = Field(0.875, gt=0, le=1, description="eval: centre crop as a fraction of the resized side")
+    hflip: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
+    randaugment_ops: int = Field(0, ge=0, description="RandAugment operations per image (0 = off)")
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment magnitude")
+    mean: tuple[float, float, float] | None = Field(None, description="normalisation mean (None = the model's)")
+    std: tuple[float, float, float] | None = Field(None, description="normalisation std (None = the model's)")
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
+    mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup")
+    demo_size: int = Field(64, ge=16, description="demo set: image side in pixels")
+    demo_train_per_class: int = Field(500, ge=1, description="demo set: training images per class")
+    demo_val_per_class: int = Field(100, ge=1, description="demo set: validation images per class")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
+
+
+class OptimConfig(_Section):
+    name: str = Field("adamw", description="optimizer (any timm.optim name)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.05, ge=0, description="weight decay (never on norms, biases, position embeddings)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay for ViT-family models")
+    sched: Literal["cosine", "constant"] = Field("cosine", description="schedule after warmup")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warmup length in epochs")
+    min_lr: float = Field(1e-6, ge=0, description="final learning rate of the cosine schedule")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
+
+
+class TrainConfig(_Section):
+    name: str = Field("", description="run name; rerunning the same name resumes it ('' = model + timestamp)")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    seed: int = Field(0, description="random seed")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model")
+    compile_mode: str = Field("default", description="torch.compile mode")
+    ema: bool = Field(False, description="keep an exponential moving average of the weights")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
+    max_failures: int = Field(0, ge=-1, description="worker failures Ray Train recovers from (-1 = unlimited)")
+    storage_path: str = Field("", description="where checkpoints live ('' = $FOVEA_HOME/runs; shared on clusters)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads per worker (0 = CPUs per worker)")
+
+
+class DistillConfig(_Section):
+    type: Literal["none", "soft", "hard"] = Field("none", description="DeiT distillation mode")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight λ of the teacher term")
+    tau: float = Field(1.0, gt=0, description="softmax temperature τ for soft distillation")
+    teacher: str = Field("", description="teacher: model name, checkpoint file or models:/ URI")
+
+    @model_validator(mode="after")
+    def _teacher_given(self) -> DistillConfig:
+        if self.type != "none" and not self.teacher:
+            raise ValueError(f"distill.type={self.type} needs distill.teacher")
+        return self
+
+
+class TrackConfig(_Section):
+    enabled: bool = Field(True, description="record the run in MLflow")
+    uri: str = Field("", description="tracking URI ('' = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    experiment: str = Field("fovea", description="MLflow experiment")
+    registered_model_name: str = Field("", description="registry name for the final model ('' = model.name)")
+    log_model: bool = Field(True, description="log the final model to the run and register it")
+    log_every_steps: int = Field(10, ge=1, description="per-step loss is sampled every N steps, sent per epoch")
+
+
+class ScalingSection(_Section):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker")
+
+
+class Config(_Section):
+    """The whole run. ``job`` says which job assembled it."""
+
+    job: str = Field("train", description="the job that built this config")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    track: TrackConfig = TrackConfig()
+    scaling: ScalingSection = ScalingSection()
+
+    def run_name(self) -> str:
+        """The run's name: ``train.name`` or a fresh ``<model>-<timestamp>``."""
+        return self.train.name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf as ``{"section.field": value}``, e.g. for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (dotted path first)."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to ``{"a.b.c": leaf}``; dict-valued free-form fields (``model.kwargs``) stay one leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not path.endswith("kwargs"):
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "kwargs":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _field_names_at(loc: Sequence[str | int]) -> list[str]:
+    """The valid field names of the section at ``loc`` (for "did you mean" hints)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = ".".join(loc) or "config"
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(loc[-1], _field_names_at(loc[:-1]), n=1)
+            suggestion = f" (did you mean {'.'.join(loc[:-1] + hint)}?)" if hint else ""
+            lines.append(f"{path}: unknown key{suggestion}")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            given = err.get("input")
+            lines.append(f"{path}: {message}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+    return "; ".join(lines)
+
+
+def build_config(layers: Sequence[dict[str, Any]]) -> Config:
+    """Merge config layers (later wins) and validate them into a frozen ``Config``.
+
+    Raises:
+        ConfigError: naming each offending dotted path.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` to ``("optim.lr", 0.0003)``; values are read as YAML (``[1, 2]``, ``true``, ``null``)."""
+    path, sep, raw = text.partition("=")
+    path = path.strip()
+    if not sep or not path or any(not part.isidentifier() for part in path.split(".")):
+        raise ConfigError(f"{text!r}: overrides look like section.field=value, e.g. optim.lr=3e-4")
+    return path, _parse_value(raw)
+
+
+def _parse_value(raw: str) -> Any:
+    # numbers first: YAML 1.1 reads "3e-4" (no dot) as a string
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (a mapping of sections), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_fields() -> str:
+    """A table of every config field: dotted path, type, default and meaning (for ``--help``)."""
+    rows = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", _type_name(annotation), repr(default), field.description or ""))
+
+    walk(Config, "")
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {path:<{width}}  {desc}  [{kind}, default {default}]" for path, kind, default, desc in rows)
+
+
+def available_presets(configs_dir: Path) -> list[str]:
+    return sorted(p.stem for p in configs_dir.glob("*.yaml"))
+
+
+def parse_job_args(
+    job: str, configs_dir: str | Path, argv: Sequence[str] | None = None, description: str = ""
+) -> Config:
+    """Parse a job's command line into a validated ``Config``; exit 2 with a one-line message on a bad config.
+
+    Args:
+        job: the job's name, recorded in ``Config.job``.
+        configs_dir: the folder of this job's preset YAML files (``default.yaml``, ``smoke.yaml``, ...).
+        argv: arguments (``sys.argv[1:]`` when None).
+        description: the job's one-line description for ``--help``.
+    """
+    configs_dir = Path(configs_dir)
+    presets = available_presets(configs_dir)
+    parser = argparse.ArgumentParser(
+        prog=f"{Path(sys.argv[0]).name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets: {', '.join(presets)}\n\nconfig fields (override as key.path=value):\n{describe_fields()}",
+    )
+    parser.add_argument("--preset", default="default", help=f"preset to start from ({', '.join(presets)})")
+    parser.add_argument("--config", help="YAML file with config sections, applied over the preset")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. optim.lr=3e-4")
+    args = parser.parse_args(argv)
+    try:
+        if args.preset not in presets:
+            raise ConfigError(f"--preset {args.preset}: unknown preset (have: {', '.join(presets)})")
+        layers: list[dict[str, Any]] = [{"job": job}, load_yaml(configs_dir / f"{args.preset}.yaml")]
+        if args.config:
+            layers.append(load_yaml(args.config))
+        overrides: dict[str, Any] = {}
+        for text in args.overrides:
+            path, value = parse_override(text)
+            _set_path(overrides, path, value)
+        layers.append(overrides)
+        return build_config(layers)
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: config error: {err}\n")

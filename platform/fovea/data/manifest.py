@@ -1,0 +1,137 @@
+"""The ``manifest.json`` that describes a prepared dataset folder.
+
+A prepared dataset is a folder of Parquet shards plus this manifest. The file stores shard paths relative to the
+dataset folder so the folder can be moved or copied to another machine; :func:`load_manifest` hands them back
+absolute so callers can pass them straight to ``ray.data.read_parquet``.
+
+Image datasets look like::
+
+    {"format": "fovea-dataset/1", "kind": "image", "classes": ["cat", "dog"],
+     "splits": {"train": {"count": 900, "shards": ["train/part-00000.parquet"], "class_counts": {"cat": 450, ...}},
+                "val": {...}},
+     "rejected": [{"path": "/data/cat/broken.jpg", "reason": "empty file"}],
+     "source": "/data", "created": "2026-01-01T00:00:00+00:00", "options": {...}}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "fovea-dataset/1"
+
+_PREPARE_HINT = "prepare the dataset first with pipelines/prepare_images.py"
+
+
+def manifest_path(path: str | Path) -> Path:
+    """The manifest file for a dataset folder, or ``path`` itself when it already names a ``.json`` file.
+
+    Args:
+        path: A prepared dataset folder or its manifest file.
+
+    Returns:
+        The path of the manifest file (it may not exist).
+    """
+    path = Path(path).expanduser()
+    if path.suffix == ".json" and not path.is_dir():
+        return path
+    return path / MANIFEST_NAME
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check a dataset manifest.
+
+    Args:
+        path: A prepared dataset folder or its ``manifest.json``.
+
+    Returns:
+        The manifest, with the shard paths of every split made absolute.
+
+    Raises:
+        FileNotFoundError: There is no manifest at ``path``.
+        ValueError: The manifest is not valid JSON or lacks ``classes`` / ``splits``.
+    """
+    file = manifest_path(path)
+    if not file.is_file():
+        where = Path(path).expanduser()
+        if not where.exists():
+            raise FileNotFoundError(f"dataset not found: {where} does not exist ({_PREPARE_HINT})")
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {where}: {_PREPARE_HINT}")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"malformed manifest {file}: not valid JSON ({error})") from None
+    _check(manifest, file)
+
+    root = file.parent.absolute()
+    for split in manifest["splits"].values():
+        split["shards"] = [str(root / shard) for shard in split.get("shards", [])]
+    return manifest
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as ``out_dir/manifest.json`` atomically.
+
+    Readers either see the previous file or the complete new one, never a half-written file, because the JSON goes
+    to a temporary file in the same folder first and is then renamed over the target. Absolute shard paths inside
+    ``out_dir`` are stored relative to it, so a dict returned by :func:`load_manifest` can be written back.
+
+    Args:
+        out_dir: The dataset folder.
+        manifest: The manifest to write; it is not modified.
+
+    Returns:
+        The path of the written manifest.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = copy.deepcopy(manifest)
+    root = out_dir.absolute()
+    for split in manifest.get("splits", {}).values():
+        split["shards"] = [_relative_to(shard, root) for shard in split.get("shards", [])]
+
+    target = out_dir / MANIFEST_NAME
+    # A unique name in the same folder (os.replace is atomic only within one filesystem); opened with plain open()
+    # rather than mkstemp so the file gets the usual umask permissions instead of 0600.
+    temp = out_dir / f".{MANIFEST_NAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp, "x", encoding="utf-8") as file:
+            json.dump(manifest, file, indent=2, ensure_ascii=False)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _relative_to(shard: str, root: Path) -> str:
+    """``shard`` relative to ``root`` (POSIX separators) when it lies inside it, unchanged otherwise."""
+    path = Path(shard)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _check(manifest: Any, file: Path) -> None:
+    """Raise a one-line ``ValueError`` when ``manifest`` lacks the keys every reader relies on."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"malformed manifest {file}: expected a JSON object, got {type(manifest).__name__}")
+    for key, kind in (("classes", list), ("splits", dict)):
+        if key not in manifest:
+            raise ValueError(f"malformed manifest {file}: missing '{key}'")
+        if not isinstance(manifest[key], kind):
+            raise ValueError(f"malformed manifest {file}: '{key}' must be a {kind.__name__}")
+    for name, split in manifest["splits"].items():
+        if not isinstance(split, dict) or not isinstance(split.get("shards", []), list):
+            raise ValueError(f"malformed manifest {file}: split '{name}' must be an object with a 'shards' list")

@@ -1,0 +1,9 @@
+"""Models: timm's registry plus fovea's own families; ``create_model`` is the front door.
+
+Importing this package registers fovea's models in timm, so ``timm.create_model`` finds them too.
+"""
+
+from fovea.models import tiny  # noqa: F401  (registers the small presets)
+from fovea.models.factory import check_model_name, count_parameters, create_model, list_models, load_weights
+
+__all__ = ["check_model_name", "count_parameters", "create_model", "list_models", "load_weights"]

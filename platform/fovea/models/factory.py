@@ -1,0 +1,155 @@
+"""Build models by name through timm's registry, and load weights into them from local files."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern (timm's and fovea's)."""
+    return timm.list_models(pattern)
+
+
+def check_model_name(name: str) -> None:
+    """Raise a one-line ``ValueError`` (with close matches) if no model of that name is registered."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"model.name: unknown model {name!r}{hint}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    checkpoint: str | Path = "",
+    window_size: int | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a registered model, optionally starting from published or local weights.
+
+    The classifier is sized for ``num_classes``; weights for a different number of classes are loaded without
+    their head. Position embeddings (and Swin's relative-position tables) are resized by timm's checkpoint
+    filters when ``img_size`` or ``window_size`` differ from the weights'.
+
+    Args:
+        name: a name from ``list_models()``.
+        num_classes: classes of the dataset.
+        img_size: input resolution; None keeps the preset's.
+        pretrained: load timm's published weights (fetched from the hub; fails clearly without network).
+        checkpoint: a local weights file (``.pth``, ``.pt``, ``.bin``, ``.safetensors``, or a fovea checkpoint).
+        window_size: Swin attention window; None keeps the preset's.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth.
+        **kwargs: passed to the model's constructor.
+
+    Raises:
+        ValueError: unknown model, or an argument the architecture does not take.
+        FileNotFoundError: the checkpoint file does not exist.
+        RuntimeError: published weights could not be fetched.
+    """
+    check_model_name(name)
+    if pretrained and checkpoint:
+        raise ValueError("give either model.pretrained or model.checkpoint, not both")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"model.checkpoint: no such file: {checkpoint}")
+    args: dict[str, Any] = dict(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate, **kwargs)
+    if img_size is not None:
+        args["img_size"] = img_size
+    if window_size is not None:
+        args["window_size"] = window_size
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **args)
+    except TypeError as err:
+        raise ValueError(f"model {name}: {err}") from None
+    except (OSError, RuntimeError) as err:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not fetch published weights for {name} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "without hub access, download them elsewhere and pass model.checkpoint=FILE"
+        ) from None
+    if checkpoint:
+        load_weights(model, checkpoint)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file, never unpickling arbitrary objects.
+
+    Accepts safetensors files, plain state dicts and checkpoints that nest one under ``model``,
+    ``state_dict`` or ``model_ema``; strips DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds no state dict")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    return cleaned
+
+
+def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(f"{n}." for n in names)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Load a weights file into ``model``, adapting what timm's family filter can adapt.
+
+    The family's ``checkpoint_filter_fn`` (when timm has one) resizes position embeddings and Swin's relative
+    position tables; classifier weights of another shape are skipped so the new head keeps its fresh init.
+
+    Returns:
+        ``{"skipped": [...], "missing": [...]}``: the head keys left at their initial values.
+
+    Raises:
+        ValueError: tensors other than the classifier are missing or do not fit.
+    """
+    state = read_state_dict(path)
+    family = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(family, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    head = _classifier_keys(model)
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k.startswith(head)]
+    for key in skipped:
+        del state[key]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"{path}: shapes do not fit {type(model).__name__} for {', '.join(mismatched[:5])}")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head) and not k.endswith("relative_position_index")]
+    if missing:
+        raise ValueError(f"{path}: missing weights for {', '.join(missing[:5])} ({len(missing)} in all)")
+    return {"skipped": skipped, "missing": list(result.missing_keys)}

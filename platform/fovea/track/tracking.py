@@ -1,0 +1,228 @@
+"""Everything MLflow: the tracking URI, a run logger for rank 0, curves, and the registered final model.
+
+Tracking must never kill training: every call to the tracking store is wrapped, failed batches stay in the
+buffer and are sent with the next flush, and the first failure prints one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRAIN_NAME_TAG = "fovea.train_name"
+MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
+
+
+def resolve_tracking_uri(uri: str = "") -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in this folder.
+
+    Relative SQLite and file paths are made absolute here, in the driver, because Ray workers run in other
+    working directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` at ``uri``, created if missing.
+
+    It is created from the driver so MLflow's default artifact location is resolved against the folder the
+    user launched from (next to ``mlflow.db``), not a Ray worker's directory.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+class RunLogger:
+    """Logs one training run from rank 0: params, batched step metrics, epoch metrics and artifacts.
+
+    Args:
+        uri: tracking URI (absolute, see ``resolve_tracking_uri``).
+        run_id: the run to continue (from a checkpoint); a new run is created when None.
+        experiment_id: experiment for a new run.
+        run_name: name of a new run.
+        params: flat ``{name: value}`` logged once on a new run.
+        tags: tags set on the run.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        run_id: str | None,
+        experiment_id: str,
+        run_name: str,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri)
+        self._pending: list[Any] = []
+        self._warned = False
+        if run_id is None:
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+            self.run_id = run.info.run_id
+            self._log_params(params or {})
+        else:
+            self.run_id = run_id
+            self._call(self.client.update_run, run_id, status="RUNNING")
+            for key, value in (tags or {}).items():
+                self._call(self.client.set_tag, run_id, key, value)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        try:
+            fn(*args, **kwargs)
+            return True
+        except Exception as err:  # the tracking store being down must not stop training
+            if not self._warned:
+                log.warning("MLflow tracking failed (%s); training goes on, metrics are kept and retried", err)
+                print(f"warning: MLflow tracking failed ({type(err).__name__}); training goes on", flush=True)
+                self._warned = True
+            return False
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self._call(self.client.log_batch, self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue metrics for ``step``; they are sent on the next ``flush``."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+
+    def flush(self) -> bool:
+        """Send everything queued, in batches; keeps what could not be sent. Returns True when the queue is empty."""
+        while self._pending:
+            chunk = self._pending[:MAX_BATCH]
+            if not self._call(self.client.log_batch, self.run_id, metrics=chunk):
+                return False
+            del self._pending[: len(chunk)]
+        return True
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self._call(self.client.log_dict, self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self._call(self.client.log_figure, self.run_id, figure, artifact_file)
+
+    def set_terminated(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self._call(self.client.set_terminated, self.run_id, status)
+
+
+def plot_curves(history: Iterable[dict[str, float]]) -> Any:
+    """A two-panel figure of the run so far: losses, and validation accuracy, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rows = list(history)
+    epochs = [row["epoch"] for row in rows]
+    figure = Figure(figsize=(10, 4), dpi=100)
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
+    loss_ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="val loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_title("loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [r["val_top1"] for r in rows], marker="o", label="val top-1")
+    acc_ax.plot(epochs, [r["val_top5"] for r in rows], marker="o", label="val top-5")
+    if any("val_top1_ema" in r for r in rows):
+        acc_ax.plot(epochs, [r.get("val_top1_ema", float("nan")) for r in rows], marker=".", label="val top-1 (EMA)")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("%")
+    acc_ax.set_ylim(0, 100)
+    acc_ax.set_title("validation accuracy")
+    acc_ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def log_final_model(
+    uri: str,
+    run_id: str,
+    model: Any,
+    *,
+    input_example: Any,
+    registered_model_name: str | None,
+    version_tags: dict[str, str],
+    description: str = "",
+    classes: list[str] | None = None,
+) -> str | None:
+    """Log the trained model to the run (with signature and input example) and register a new version.
+
+    Args:
+        uri: tracking URI.
+        run_id: the training run.
+        model: the trained ``nn.Module`` on CPU, in eval mode.
+        input_example: a numpy batch the model takes, e.g. float32 ``(1, 3, H, W)``.
+        registered_model_name: registry name, or None to log without registering.
+        version_tags: tags for the new model version (architecture, dataset, val top-1, ...).
+        description: the version's description.
+        classes: class names, saved beside the model as ``classes.json``.
+
+    Returns:
+        The registered version number, or None when not registered.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import timm
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    # Explicit requirements: MLflow's inference would re-load the model in a subprocess to find them.
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=requirements,
+            registered_model_name=registered_model_name,
+            await_registration_for=60,
+        )
+        if classes is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "classes.json"
+                path.write_text(json.dumps(classes, indent=1))
+                mlflow.log_artifact(str(path), artifact_path="model_info")
+    version = getattr(info, "registered_model_version", None)
+    if registered_model_name and version is not None:
+        client = mlflow.tracking.MlflowClient(uri)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(registered_model_name, str(version), key, value)
+        if description:
+            client.update_model_version(registered_model_name, str(version), description=description)
+        return str(version)
+    return None

@@ -1,0 +1,1 @@
+"""Training: plain PyTorch steps (``loop``), the Ray Train worker function (``worker``) and driver (``trainer``)."""

@@ -1,0 +1,259 @@
+"""Plain PyTorch training and evaluation steps: no Ray, no MLflow.
+
+Batches arrive as ``{"image": uint8 (B, 3, H, W), "label": int64 (B,)}`` on the CPU; everything from the
+conversion to float onwards (normalisation, mixup/cutmix, autocast) happens on the training device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under torch.compile and DDP wrappers (what state dicts and EMA should see)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+class Normalize(nn.Module):
+    """uint8 images to normalised float on the device: ``(x / 255 - mean) / std`` in one fused pass."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        # (1, 3, 1, 1), pre-scaled by 255 so the uint8 input needs a single subtract and divide
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+def build_optimizer(model: nn.Module, optim_cfg: Any, *, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW (or any timm optimizer) with no weight decay on norms, biases, position embeddings and tokens.
+
+    timm's ``create_optimizer_v2`` already leaves out 1-D parameters and the names in ``model.no_weight_decay()``,
+    and builds layer-wise decay groups when ``layer_decay`` is set. Each group's ``lr`` is pre-multiplied by its
+    ``lr_scale`` so a plain ``LambdaLR`` schedule keeps the per-layer ratios.
+    """
+    kwargs: dict[str, Any] = {"betas": tuple(optim_cfg.betas), "eps": optim_cfg.eps} if "adam" in optim_cfg.name else {}
+    if fused:
+        kwargs["fused"] = True
+    optimizer = create_optimizer_v2(
+        model,
+        opt=optim_cfg.name,
+        lr=optim_cfg.lr,
+        weight_decay=optim_cfg.weight_decay,
+        layer_decay=optim_cfg.layer_decay,
+        **kwargs,
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = optim_cfg.lr * group.get("lr_scale", 1.0)
+    return optimizer
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    kind: str = "cosine",
+    min_lr_ratio: float = 0.0,
+) -> LambdaLR:
+    """Per-step linear warmup, then cosine decay to ``min_lr_ratio`` x peak (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def build_mixup(data_cfg: Any, *, num_classes: int, label_smoothing: float) -> Mixup | None:
+    """timm's batch mixup/cutmix (on whatever device the batch is on), or None when both are off."""
+    if data_cfg.mixup <= 0 and data_cfg.cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=data_cfg.mixup,
+        cutmix_alpha=data_cfg.cutmix,
+        prob=data_cfg.mixup_prob,
+        switch_prob=data_cfg.mixup_switch_prob,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def build_criterion(*, mixup: Mixup | None, label_smoothing: float) -> nn.Module:
+    """Soft-target CE under mixup (its targets already carry the smoothing), else CE with label smoothing."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 under ``auto`` on GPU, nothing on CPU (bf16 matmuls are slower than fp32 on most CPUs)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    samples: int
+    steps: int
+    seconds: float
+    skipped_batches: int = 0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def _micro_batches(batches: Iterable[dict[str, torch.Tensor]], accum_steps: int) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+    # a trailing partial group is dropped, like drop_last, so every optimizer step sees the same batch count
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR | None,
+    criterion: nn.Module,
+    normalize: Normalize,
+    device: torch.device,
+    precision: str = "auto",
+    accum_steps: int = 1,
+    grad_clip: float = 0.0,
+    mixup: Mixup | None = None,
+    ema: Any | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    start_step: int = 0,
+) -> EpochStats:
+    """One pass over ``batches``; returns the mean loss and throughput of this process.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, in train mode on return.
+        batches: uint8 image batches with labels.
+        optimizer: the optimizer; one step per ``accum_steps`` batches.
+        scheduler: stepped after every optimizer step.
+        criterion: loss on (logits, targets).
+        normalize: uint8 -> normalised float on the device.
+        device: training device.
+        precision: ``auto``/``bf16``/``fp32``.
+        accum_steps: micro-batches per optimizer step (DDP gradient sync only on the last).
+        grad_clip: max gradient norm (0 = off).
+        mixup: batch mixup/cutmix, or None.
+        ema: a timm ``ModelEmaV3`` updated after each optimizer step, or None.
+        on_step: called as ``on_step(global_step, loss, lr)`` after each optimizer step.
+        start_step: the global optimizer step count before this epoch.
+    """
+    model.train()
+    dtype = autocast_dtype(precision, device)
+    step, loss_sum, samples, skipped = start_step, 0.0, 0, 0
+    loss_count = 0
+    start = time.perf_counter()
+    for group in _micro_batches(batches, accum_steps):
+        optimizer.zero_grad(set_to_none=True)
+        group_loss = 0.0
+        for index, batch in enumerate(group):
+            images = normalize(batch["image"].to(device, non_blocking=True))
+            targets = batch["label"].to(device, non_blocking=True)
+            if mixup is not None:
+                if images.shape[0] % 2:  # timm's Mixup pairs samples by flipping the batch: it needs an even size
+                    images, targets = images[:-1], targets[:-1]
+                images, targets = mixup(images, targets)
+            last = index == len(group) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+            with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = criterion(model(images), targets)
+                (loss / len(group)).backward()
+            group_loss += loss.item() / len(group)
+            samples += images.shape[0]
+        if not math.isfinite(group_loss):
+            # a non-finite loss would poison the weights and Adam's moments: drop the step, keep the count
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        step += 1
+        if ema is not None:
+            ema.update(unwrap(model), step=step)
+        loss_sum += group_loss
+        loss_count += 1
+        if on_step is not None:
+            on_step(step, group_loss, optimizer.param_groups[0]["lr"])
+    return EpochStats(
+        loss=loss_sum / max(1, loss_count),
+        samples=samples,
+        steps=step - start_step,
+        seconds=time.perf_counter() - start,
+        skipped_batches=skipped,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    normalize: Normalize,
+    device: torch.device,
+    precision: str = "auto",
+) -> dict[str, float]:
+    """Loss and top-1/top-5 accuracy (in percent) over ``batches``, summed over all DDP processes.
+
+    Distilled DeiT models return the mean of their two heads in eval mode, which is what gets scored.
+    """
+    model.eval()
+    dtype = autocast_dtype(precision, device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    for batch in batches:
+        images = normalize(batch["image"].to(device, non_blocking=True))
+        targets = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices  # (B, k)
+        hits = top.eq(targets[:, None])
+        totals += torch.stack(
+            [
+                nn.functional.cross_entropy(logits, targets, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(dim=1).sum().double(),
+                torch.tensor(targets.shape[0], dtype=torch.float64, device=device),
+            ]
+        )
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    count = max(count, 1.0)
+    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}

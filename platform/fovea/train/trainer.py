@@ -1,0 +1,282 @@
+"""The driver side of a training run: validate, start Ray, build datasets and the TorchTrainer, register the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fovea.config import Config, ConfigError
+from fovea.paths import fovea_home
+
+
+@dataclass
+class TrainSummary:
+    """What a finished run produced."""
+
+    run_name: str
+    epochs: int
+    val_top1: float
+    val_top5: float
+    wall_time_s: float
+    checkpoint_path: str
+    mlflow_run_id: str | None
+    tracking_uri: str | None
+    registered_model: str | None
+    registered_version: str | None
+    dataset: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        lines = [
+            f"run            {self.run_name}",
+            f"val top-1      {self.val_top1:.2f}%  (top-5 {self.val_top5:.2f}%) after {self.epochs} epochs",
+            f"wall time      {self.wall_time_s:.1f} s",
+            f"checkpoint     {self.checkpoint_path}",
+            f"dataset        {self.dataset}",
+        ]
+        if self.mlflow_run_id:
+            lines.append(f"mlflow run     {self.mlflow_run_id}  ({self.tracking_uri})")
+        if self.registered_version:
+            lines.append(f"registered     {self.registered_model} version {self.registered_version}")
+        return "\n".join(lines)
+
+
+def storage_path(cfg: Config) -> str:
+    """Where Ray Train keeps this run's checkpoints (must be shared storage on a multi-node cluster)."""
+    path = cfg.train.storage_path or str(fovea_home() / "runs")
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def check_before_start(cfg: Config) -> None:
+    """Checks that need no Ray: the model exists, the dataset folder is prepared, a resume is consistent.
+
+    Raises:
+        ConfigError: one line naming the field.
+    """
+    from fovea.data import load_manifest
+    from fovea.models import check_model_name
+
+    try:
+        check_model_name(cfg.model.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.data.path:
+        try:
+            load_manifest(cfg.data.path)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"data.path: {err}") from None
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+        raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
+    if cfg.model.pretrained and cfg.model.checkpoint:
+        raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
+    if cfg.distill.type != "none":
+        raise ConfigError(
+            f"distill.type={cfg.distill.type}: teacher distillation is not available in this version of fovea; "
+            "use distill.type=none"
+        )
+
+
+def _init_ray(progress_bars: bool = False) -> None:
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        # Under `ray job submit` (or with RAY_ADDRESS set) this joins the cluster; otherwise it starts Ray here.
+        ray.init(log_to_driver=True)
+    # Ray Data's per-operator bars flood the job log once per epoch; the epoch line says what matters.
+    # Ray Train hands this context to the dataset coordinators on the workers.
+    context = DataContext.get_current()
+    context.enable_progress_bars = progress_bars
+    context.enable_operator_progress_bars = progress_bars
+    context.print_on_execution_start = progress_bars
+
+
+def _dataset_dir(cfg: Config) -> Path:
+    from fovea.data import ensure_demo_images
+
+    if cfg.data.path:
+        return Path(cfg.data.path).expanduser().resolve()
+    return ensure_demo_images(
+        size=cfg.data.demo_size,
+        train_per_class=cfg.data.demo_train_per_class,
+        val_per_class=cfg.data.demo_val_per_class,
+        seed=0,
+    )
+
+
+def run_training(cfg: Config) -> TrainSummary:
+    """Train (or resume) the run described by ``cfg`` on Ray, then log and register the final model.
+
+    Rerunning with the same ``train.name`` (and storage path) resumes from the last checkpoint and continues the
+    same MLflow run.
+    """
+    check_before_start(cfg)
+    started = time.time()
+    _init_ray()
+
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fovea.data import load_manifest
+    from fovea.data.stream import build_image_datasets
+    from fovea.train.worker import train_worker
+
+    run_name = cfg.run_name()
+    dataset_dir = _dataset_dir(cfg)
+    manifest = load_manifest(dataset_dir)
+    classes = manifest["classes"]
+    datasets = build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+
+    tracking_uri = experiment_id = None
+    if cfg.track.enabled:
+        from fovea.track import TRAIN_NAME_TAG, ensure_experiment, resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(cfg.track.uri)
+        experiment_id = ensure_experiment(tracking_uri, cfg.track.experiment)
+    run_tags = {
+        "fovea.job": cfg.job,
+        "fovea.model": cfg.model.name,
+        "fovea.dataset": str(dataset_dir),
+        "fovea.host": socket.gethostname(),
+    }
+    if cfg.track.enabled:
+        run_tags[TRAIN_NAME_TAG] = run_name
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "classes": classes,
+            "train_count": manifest["splits"]["train"]["count"],
+            "tracking_uri": tracking_uri,
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "run_tags": run_tags,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path(cfg),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name} finished without a checkpoint")
+
+    from fovea.train.worker import load_checkpoint
+
+    with result.checkpoint.as_directory() as directory:
+        state = load_checkpoint(directory)
+    history = json.loads(state["history"])
+    last = history[-1]
+    run_id = state.get("mlflow_run_id")
+    registered_name = version = None
+    if cfg.track.enabled and run_id:
+        registered_name, version = _log_final_model(cfg, state, tracking_uri, run_id, classes, dataset_dir, last)
+    return TrainSummary(
+        run_name=run_name,
+        epochs=int(last["epoch"]),
+        val_top1=float(last["val_top1"]),
+        val_top5=float(last["val_top5"]),
+        wall_time_s=time.time() - started,
+        checkpoint_path=result.checkpoint.path,
+        mlflow_run_id=run_id,
+        tracking_uri=tracking_uri,
+        registered_model=registered_name,
+        registered_version=version,
+        dataset=str(dataset_dir),
+    )
+
+
+def _log_final_model(
+    cfg: Config,
+    state: dict[str, Any],
+    tracking_uri: str,
+    run_id: str,
+    classes: list[str],
+    dataset_dir: Path,
+    last: dict[str, float],
+) -> tuple[str | None, str | None]:
+    """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version."""
+    import numpy as np
+
+    from fovea.models import count_parameters, create_model
+    from fovea.track import RunLogger, log_final_model
+
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(classes),
+        img_size=cfg.model.img_size,
+        window_size=cfg.model.window_size,
+        **cfg.model.kwargs,
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
+    version = None
+    if cfg.track.log_model:
+        example = np.zeros((1, 3, cfg.model.img_size, cfg.model.img_size), dtype=np.float32)
+        version = log_final_model(
+            tracking_uri,
+            run_id,
+            model,
+            input_example=example,
+            registered_model_name=registered_name,
+            version_tags={
+                "architecture": type(model).__name__,
+                "model_name": cfg.model.name,
+                "dataset": str(dataset_dir),
+                "val_top1": f"{last['val_top1']:.2f}",
+                "val_top5": f"{last['val_top5']:.2f}",
+                "params": str(count_parameters(model)),
+                "img_size": str(cfg.model.img_size),
+                "num_classes": str(len(classes)),
+            },
+            description=(
+                f"{cfg.model.name} trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir}; "
+                f"val top-1 {last['val_top1']:.2f}%. Input: float32 (N, 3, {cfg.model.img_size}, "
+                f"{cfg.model.img_size}) normalised images; output: logits over classes.json."
+            ),
+            classes=classes,
+        )
+    logger = RunLogger(tracking_uri, run_id=run_id, experiment_id="", run_name="")
+    logger.set_terminated("FINISHED")
+    return registered_name, version
+
+
+def job_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:
+    """A training job's whole command line: parse and check the config (before Ray), train, print the summary.
+
+    Returns:
+        The exit code: 0 on success, 2 for a configuration problem (reported in one line).
+    """
+    from fovea.config import parse_job_args
+
+    cfg = parse_job_args(job, configs_dir, argv, description=description)
+    try:
+        check_before_start(cfg)
+    except ConfigError as err:
+        print(f"{job}: config error: {err}", file=sys.stderr)
+        return 2
+    print(f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {cfg.scaling.num_workers} worker(s)")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    summary = run_training(cfg)
+    print("\n" + summary.describe(), flush=True)
+    return 0

@@ -1,0 +1,235 @@
+"""The function every Ray Train worker runs: build the model, restore, train, evaluate, checkpoint, report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from fovea.config import Config
+from fovea.models import create_model
+from fovea.train.loop import (
+    Normalize,
+    build_criterion,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    train_one_epoch,
+    unwrap,
+)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _sum_across_workers(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write the training state as one ``torch.save`` file of tensors and plain values (``weights_only``-loadable)."""
+    path = directory / CHECKPOINT_FILE
+    torch.save(state, path)
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint`` without unpickling arbitrary objects."""
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``loop_config`` carries the run config plus what the driver resolved.
+
+    Keys: ``config`` (``Config`` as a dict), ``classes``, ``train_count``, ``tracking_uri`` (None = off),
+    ``experiment_id``, ``run_name``, ``run_tags``.
+    """
+    cfg = Config.model_validate(loop_config["config"])
+    classes: list[str] = loop_config["classes"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(cfg.train.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
+    device = ray.train.torch.get_device()
+
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(classes),
+        img_size=cfg.model.img_size,
+        pretrained=cfg.model.pretrained,
+        checkpoint=cfg.model.checkpoint,
+        window_size=cfg.model.window_size,
+        drop_rate=cfg.model.drop_rate,
+        drop_path_rate=cfg.model.drop_path_rate,
+        **cfg.model.kwargs,
+    ).to(device)
+    pretrained_cfg = getattr(model, "pretrained_cfg", {})
+    normalize = Normalize(
+        cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)),
+        cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225)),
+    ).to(device)
+
+    batch_size = cfg.data.batch_size
+    steps_per_epoch = max(1, loop_config["train_count"] // world // batch_size // cfg.optim.accum_steps)
+    optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=steps_per_epoch * cfg.train.epochs,
+        warmup_steps=int(cfg.optim.warmup_epochs * steps_per_epoch),
+        kind=cfg.optim.sched,
+        min_lr_ratio=cfg.optim.min_lr / cfg.optim.lr,
+    )
+    ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+
+    start_epoch, global_step, history, run_id = 0, 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        history, run_id = json.loads(state["history"]), state.get("mlflow_run_id")
+        if rank == 0:
+            print(f"resuming {loop_config['run_name']} from its checkpoint: epoch {start_epoch + 1}", flush=True)
+
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+    if cfg.train.compile:
+        model = torch.compile(model, mode=cfg.train.compile_mode)
+
+    tracker = None
+    if rank == 0 and loop_config.get("tracking_uri"):
+        from fovea.track import RunLogger, plot_curves
+
+        tracker = RunLogger(
+            loop_config["tracking_uri"],
+            run_id=run_id,
+            experiment_id=loop_config["experiment_id"],
+            run_name=loop_config["run_name"],
+            params=cfg.flat(),
+            tags=loop_config.get("run_tags", {}),
+        )
+        run_id = tracker.run_id
+        if checkpoint is None:
+            tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")
+
+    log_every = cfg.track.log_every_steps
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        if tracker is not None and step % log_every == 0:
+            tracker.log_metrics({"train_loss_step": loss, "lr": lr}, step=step)
+
+    mixup = build_mixup(cfg.data, num_classes=len(classes), label_smoothing=cfg.train.label_smoothing)
+    criterion = build_criterion(mixup=mixup, label_smoothing=cfg.train.label_smoothing)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    eval_batch_size = cfg.data.eval_batch_size or 2 * batch_size
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            batches = train_shard.iter_torch_batches(
+                batch_size=batch_size,
+                drop_last=True,
+                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                prefetch_batches=cfg.data.prefetch_batches,
+                device="cpu",
+            )
+            stats = train_one_epoch(
+                model,
+                batches,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                criterion=criterion,
+                normalize=normalize,
+                device=device,
+                precision=cfg.train.precision,
+                accum_steps=cfg.optim.accum_steps,
+                grad_clip=cfg.optim.grad_clip,
+                mixup=mixup,
+                ema=ema,
+                on_step=on_step,
+                start_step=global_step,
+            )
+            global_step += stats.steps
+            val_batches = lambda: val_shard.iter_torch_batches(  # noqa: E731
+                batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
+            )
+            val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
+            loss_sum, samples, slowest, skipped = _sum_across_workers(
+                [stats.loss * stats.steps, float(stats.samples), stats.seconds, float(stats.skipped_batches)], device
+            )
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(1, stats.steps * world),
+                "val_loss": val["loss"],
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+                "samples_per_sec": samples / max(1e-9, slowest / world),
+                "epoch_time_s": stats.seconds,
+                "lr": optimizer.param_groups[0]["lr"],
+                "skipped_steps": skipped,
+            }
+            if ema is not None:
+                ema_val = evaluate(ema.module, val_batches(), normalize=normalize, device=device)
+                metrics["val_top1_ema"] = ema_val["top1"]
+            history.append(metrics)
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=epoch + 1)
+                tracker.flush()
+                tracker.log_figure(plot_curves(history), "training_curves.png")
+            with tempfile.TemporaryDirectory() as directory:
+                ray_checkpoint = None
+                if rank == 0:
+                    save_checkpoint(
+                        Path(directory),
+                        {
+                            "model": unwrap(model).state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "ema": ema.module.state_dict() if ema is not None else None,
+                            "epoch": epoch + 1,
+                            "global_step": global_step,
+                            "history": json.dumps(history),
+                            "mlflow_run_id": run_id,
+                            "classes": classes,
+                            "config": json.dumps(cfg.model_dump(mode="json")),
+                        },
+                    )
+                    ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)
+            if rank == 0:
+                print(format_progress(metrics, cfg.train.epochs), flush=True)
+    except BaseException:
+        if tracker is not None:
+            tracker.set_terminated("FAILED")
+        raise
+    if tracker is not None:
+        tracker.flush()
+
+
+def format_progress(metrics: dict[str, float], epochs: int) -> str:
+    """The one-line per-epoch progress report."""
+    line = (
+        f"epoch {int(metrics['epoch'])}/{epochs} | train loss {metrics['train_loss']:.4f} | "
+        f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
+    )
+    if "val_top1_ema" in metrics:
+        line += f" (EMA top-1 {metrics['val_top1_ema']:.2f}%)"
+    return line + f" | {metrics['samples_per_sec']:.0f} samples/s | {metrics['epoch_time_s']:.1f} s"

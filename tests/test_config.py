@@ -1,0 +1,157 @@
+"""Config: presets, overrides, validation messages and the job command line (no Ray needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fovea.config import Config, ConfigError, build_config, describe_fields, parse_job_args, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ["vit", "deit", "swin"]
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = Config()
+    assert cfg.optim.lr == 1e-3 and cfg.scaling.num_workers == 1
+    with pytest.raises(ValidationError):
+        cfg.optim.lr = 0.1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("optim.lr=3e-4", ("optim.lr", 3e-4)),
+        ("train.compile=true", ("train.compile", True)),
+        ("data.crop_scale=[0.5, 1.0]", ("data.crop_scale", [0.5, 1.0])),
+        ("model.window_size=null", ("model.window_size", None)),
+        ("train.name=", ("train.name", "")),
+        ("data.path=/data/my set", ("data.path", "/data/my set")),
+    ],
+)
+def test_parse_override_reads_yaml_values(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["optim.lr", "=3", "optim..lr=1", "optim.l-r=1"])
+def test_parse_override_rejects_malformed(bad):
+    with pytest.raises(ConfigError):
+        parse_override(bad)
+
+
+def test_layers_merge_later_wins_and_sections_merge_deeply():
+    cfg = build_config([{"optim": {"lr": 0.1, "weight_decay": 0.2}}, {"optim": {"lr": 0.3}}])
+    assert cfg.optim.lr == 0.3 and cfg.optim.weight_decay == 0.2
+
+
+def test_unknown_key_names_the_path_and_suggests():
+    with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key \(did you mean optim\.lr\?\)"):
+        build_config([{"optim": {"lrr": 0.1}}])
+
+
+def test_bad_values_name_every_path():
+    with pytest.raises(ConfigError) as err:
+        build_config([{"optim": {"lr": -1}, "data": {"crop_scale": [2, 1]}, "scaling": {"num_workers": 0}}])
+    message = str(err.value)
+    for path in ("optim.lr", "data.crop_scale", "scaling.num_workers"):
+        assert path in message
+    assert "\n" not in message
+
+
+def test_distillation_needs_a_teacher():
+    with pytest.raises(ConfigError, match="distill.teacher"):
+        build_config([{"distill": {"type": "soft"}}])
+
+
+def test_flat_lists_every_leaf():
+    flat = Config().flat()
+    assert flat["optim.lr"] == 1e-3 and flat["model.kwargs"] == {} and "track.experiment" in flat
+
+
+def test_help_table_lists_every_field_with_default():
+    table = describe_fields()
+    for path in (
+        "model.name",
+        "data.path",
+        "data.batch_size",
+        "train.epochs",
+        "train.name",
+        "optim.lr",
+        "scaling.num_workers",
+        "scaling.use_gpu",
+        "track.uri",
+        "track.experiment",
+        "track.registered_model_name",
+        "distill.type",
+        "distill.alpha",
+        "distill.tau",
+        "distill.teacher",
+        "model.window_size",
+        "model.pretrained",
+        "model.checkpoint",
+        "optim.layer_decay",
+    ):
+        assert f"  {path} " in table
+    assert "default 0.001" in table
+
+
+@pytest.mark.parametrize("job", JOBS)
+@pytest.mark.parametrize("preset", ["default", "smoke"])
+def test_every_job_preset_is_valid(job, preset):
+    cfg = parse_job_args(f"train_{job}", ROOT / "jobs" / "configs" / job, ["--preset", preset])
+    assert cfg.job == f"train_{job}"
+    assert job in cfg.model.name
+
+
+def test_config_file_then_overrides(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("optim:\n  lr: 0.5\ntrain:\n  epochs: 7\n")
+    cfg = parse_job_args("t", ROOT / "jobs" / "configs" / "vit", ["--config", str(extra), "train.epochs=9"])
+    assert cfg.optim.lr == 0.5 and cfg.train.epochs == 9
+
+
+def test_unknown_preset_and_missing_file_exit_2(capsys):
+    for argv in (["--preset", "nope"], ["--config", "/no/such.yaml"], ["optim.lrr=1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_job_args("t", ROOT / "jobs" / "configs" / "vit", argv)
+        assert exit_info.value.code == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_job_rejects_unknown_key_within_seconds():
+    """Acceptance: `python jobs/train_vit.py optim.lrr=0.1` exits non-zero within seconds naming optim.lrr."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "jobs/train_vit.py", "optim.lrr=0.1"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert "optim.lrr" in proc.stderr and "did you mean optim.lr" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert elapsed < 10
+
+
+def test_job_rejects_unknown_model_and_missing_dataset_before_ray(tmp_path):
+    for override, needle in (
+        ("model.name=vit_mikro_patch4_32", "did you mean vit_micro_patch4_32"),
+        (f"data.path={tmp_path}", "no manifest.json"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "jobs/train_vit.py", override], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert needle in proc.stderr
+        assert "ray" not in proc.stdout.lower()
+
+
+def test_help_lists_fields():
+    proc = subprocess.run(
+        [sys.executable, "jobs/train_swin.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "model.window_size" in proc.stdout and "presets: default, smoke" in proc.stdout

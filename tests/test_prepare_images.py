@@ -1,0 +1,379 @@
+"""Preparing image datasets: scanning sources, checking files, Parquet shards, the manifest and the script."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fovea.data import ensure_demo_images, load_manifest, prepare_images, scan_source, write_manifest
+from fovea.data.demo import DEMO_CLASSES
+from fovea.data.prepare import check_image, read_and_check_images
+from fovea.paths import fovea_home
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "pipelines" / "prepare_images.py"
+
+
+def _image_bytes(size: tuple[int, int], mode: str, fmt: str, seed: int = 0) -> bytes:
+    """A noisy image of ``size`` (width, height) in ``mode``, encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        image = image.quantize(16)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.fixture()
+def raw_folder(tmp_path: Path) -> tuple[Path, set[str]]:
+    """Three classes of good JPEG/PNG files in several sizes and modes, plus three bad files and a hidden one."""
+    root = tmp_path / "raw"
+    good = {
+        "ant/a0.jpg": ((40, 30), "RGB", "JPEG"),
+        "ant/a1.png": ((20, 25), "RGBA", "PNG"),
+        "ant/a2.png": ((33, 17), "L", "PNG"),
+        "ant/nested/a3.jpg": ((50, 50), "RGB", "JPEG"),
+        "bee/b0.png": ((24, 24), "P", "PNG"),
+        "bee/b1.jpg": ((30, 40), "L", "JPEG"),
+        "bee/b2.jpg": ((64, 48), "RGB", "JPEG"),
+        "cat/c0.jpg": ((16, 16), "RGB", "JPEG"),
+        "cat/c1.png": ((21, 13), "RGB", "PNG"),
+        "cat/c2.jpg": ((70, 35), "RGB", "JPEG"),
+    }
+    for seed, (name, (size, mode, fmt)) in enumerate(good.items()):
+        _write(root / name, _image_bytes(size, mode, fmt, seed))
+    jpeg = _image_bytes((80, 60), "RGB", "JPEG", seed=99)
+    bad = {
+        _write(root / "ant" / "truncated.jpg", jpeg[: len(jpeg) // 2]),
+        _write(root / "bee" / "empty.jpg", b""),
+        _write(root / "cat" / "notes.jpg", b"this is a text file, not a picture\n"),
+    }
+    _write(root / "cat" / ".DS_Store", b"\x00\x01")
+    return root, bad
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The script (run first, before this module's Ray instance starts, so two Ray instances never share 2 CPUs)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _run_script(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_script_missing_src_fails_fast_with_one_line(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    result = _run_script(str(tmp_path / "nope"), str(tmp_path / "out"), timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "SRC not found" in result.stderr and "nope" in result.stderr
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_prepares_and_reports_rejected(raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, bad = raw_folder
+    out = tmp_path / "prepared"
+    result = _run_script(str(root), str(out), "--num-cpus", "1", "--shard-rows", "4", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rejected: 3" in result.stdout
+    for path in bad:
+        assert path in result.stdout
+    assert load_manifest(out)["classes"] == ["ant", "bee", "cat"]
+
+    again = _run_script(str(root), str(out), "--num-cpus", "1", timeout=30)
+    assert again.returncode == 2
+    assert "already holds a prepared dataset" in again.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checking single files (no Ray)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_check_image_accepts_good_and_names_bad_files() -> None:
+    png = _image_bytes((30, 20), "RGBA", "PNG")
+    data, width, height, error = check_image(png)
+    assert (data, width, height, error) == (png, 30, 20, "")
+
+    jpeg = _image_bytes((80, 60), "RGB", "JPEG")
+    assert check_image(b"")[3] == "empty file"
+    assert check_image(b"hello")[3] == "not an image: cannot identify image file"
+    assert check_image(jpeg[: len(jpeg) // 2])[3].startswith("truncated or corrupt image: ")
+
+
+def test_check_image_shrinks_large_images_to_rgb_jpeg() -> None:
+    for mode in ("RGBA", "P", "L", "RGB"):
+        data, width, height, error = check_image(_image_bytes((120, 60), mode, "PNG"), max_side=40, jpeg_quality=80)
+        assert error == ""
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG"
+            assert image.size == (width, height) == (40, 20)
+            assert image.mode in ("RGB", "L")
+    small = _image_bytes((30, 20), "RGBA", "PNG")
+    assert check_image(small, max_side=40)[0] == small
+
+
+def test_read_and_check_images_without_ray(raw_folder: tuple[Path, set[str]]) -> None:
+    root, bad = raw_folder
+    paths = sorted(str(p) for p in root.rglob("*.*") if not p.name.startswith(".")) + [str(root / "missing.jpg")]
+    batch = {
+        "path": paths,
+        "label": [0] * len(paths),
+        "class_name": ["ant"] * len(paths),
+        "split": ["train"] * len(paths),
+    }
+    table = read_and_check_images(batch)
+    assert table.num_rows == len(paths)
+    errors = dict(zip(table["path"].to_pylist(), table["error"].to_pylist(), strict=True))
+    assert {path for path, error in errors.items() if error} == bad | {str(root / "missing.jpg")}
+    assert errors[str(root / "missing.jpg")].startswith("unreadable file: ")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scanning sources (no Ray)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _touch_tree(root: Path, counts: dict[str, int], prefix: str = "") -> None:
+    for class_name, count in counts.items():
+        for index in range(count):
+            _write(root / prefix / class_name / f"{index:03d}.jpg", b"x")
+
+
+def test_scan_class_folders_makes_a_seeded_stratified_val_split(tmp_path: Path) -> None:
+    _touch_tree(tmp_path, {"dog": 20, "cat": 10, "emu": 2, "owl": 1})
+    items, classes = scan_source(tmp_path, val_fraction=0.2, seed=3)
+    assert classes == ["cat", "dog", "emu", "owl"]
+    val = {}
+    for item in items:
+        assert Path(item["path"]).is_absolute()
+        assert classes[item["label"]] == item["class_name"]
+        val.setdefault(item["class_name"], []).append(item["split"] == "val")
+    assert {name: sum(flags) for name, flags in val.items()} == {"dog": 4, "cat": 2, "emu": 1, "owl": 0}
+
+    assert scan_source(tmp_path, val_fraction=0.2, seed=3)[0] == items
+    other = scan_source(tmp_path, val_fraction=0.2, seed=4)[0]
+    assert {i["path"] for i in other if i["split"] == "val"} != {i["path"] for i in items if i["split"] == "val"}
+    assert all(item["split"] == "train" for item in scan_source(tmp_path, val_fraction=0.0)[0])
+
+
+def test_scan_train_val_layout_keeps_given_splits(tmp_path: Path) -> None:
+    _touch_tree(tmp_path, {"cat": 3, "dog": 2}, prefix="train")
+    _touch_tree(tmp_path, {"cat": 1, "fox": 1}, prefix="validation")
+    items, classes = scan_source(tmp_path, val_fraction=0.5)
+    assert classes == ["cat", "dog", "fox"]
+    relative = {
+        split: [Path(i["path"]).relative_to(tmp_path).as_posix() for i in items if i["split"] == split]
+        for split in ("train", "val")
+    }
+    assert relative["train"] == [f"train/{name}/{i:03d}.jpg" for name, n in (("cat", 3), ("dog", 2)) for i in range(n)]
+    assert relative["val"] == ["validation/cat/000.jpg", "validation/fox/000.jpg"]
+
+
+def test_scan_csv_and_json_lists(tmp_path: Path) -> None:
+    _touch_tree(tmp_path / "imgs", {"a": 4, "b": 4})
+    rows = [{"path": f"imgs/{c}/{i:03d}.jpg", "label": c} for c in "ab" for i in range(4)]
+    with open(tmp_path / "list.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    items, classes = scan_source(tmp_path / "list.csv", val_fraction=0.25)
+    assert classes == ["a", "b"] and len(items) == 8
+    assert {i["path"] for i in items} == {str(tmp_path / r["path"]) for r in rows}
+    assert sum(i["split"] == "val" for i in items) == 2
+
+    splits = ["train", "val", "validation", "train"] * 2
+    (tmp_path / "list.json").write_text(
+        json.dumps([{**row, "split": split} for row, split in zip(rows, splits, strict=True)])
+    )
+    items, _ = scan_source(tmp_path / "list.json")
+    assert [i["split"] for i in items].count("val") == 4
+
+    numeric = [{"path": f"imgs/a/{i:03d}.jpg", "label": label} for i, label in enumerate([10, 2, 2, 10])]
+    (tmp_path / "numeric.json").write_text(json.dumps(numeric))
+    assert scan_source(tmp_path / "numeric.json")[1] == ["2", "10"]
+
+
+def _bad_source(root: Path, case: str) -> Path:
+    """A source that scan_source must refuse, for each kind of mistake."""
+    if case == "missing":
+        return root / "missing"
+    if case == "flat":
+        _write(root / "flat" / "x.jpg", b"x")
+        return root / "flat"
+    if case == "empty":
+        (root / "empty" / "cls").mkdir(parents=True)
+        return root / "empty"
+    if case == "csv_columns":
+        _write(root / "l.csv", b"file,class\nx.jpg,a\n")
+        return root / "l.csv"
+    _write(root / "s.csv", b"path,label,split\nx.jpg,a,test\n")
+    return root / "s.csv"
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "message"),
+    [
+        ("missing", FileNotFoundError, "SRC not found"),
+        ("flat", ValueError, "no class subfolders"),
+        ("empty", ValueError, "no image files"),
+        ("csv_columns", ValueError, "lacks column"),
+        ("csv_split", ValueError, "unknown split 'test'"),
+    ],
+)
+def test_scan_errors_are_one_line(tmp_path: Path, case: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as caught:
+        scan_source(_bad_source(tmp_path, case))
+    assert "\n" not in str(caught.value)
+
+
+def test_existing_manifest_is_refused_before_any_work(raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = raw_folder
+    out = tmp_path / "out"
+    write_manifest(out, {"classes": [], "splits": {}})
+    with pytest.raises(FileExistsError, match="already holds a prepared dataset"):
+        prepare_images(root, out)
+    _write(tmp_path / "junk" / "file.txt", b"x")
+    with pytest.raises(FileExistsError, match="refusing"):
+        prepare_images(root, tmp_path / "junk", overwrite=True)
+
+
+def test_load_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no manifest.json in"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"classes": []}')
+    with pytest.raises(ValueError, match="missing 'splits'"):
+        load_manifest(tmp_path)
+    write_manifest(tmp_path, {"classes": ["a"], "splits": {"train": {"count": 1, "shards": ["train/p.parquet"]}}})
+    assert load_manifest(tmp_path / "manifest.json")["splits"]["train"]["shards"] == [str(tmp_path / "train/p.parquet")]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The Ray Data job
+# --------------------------------------------------------------------------------------------------------------------
+
+EXPECTED_SCHEMA = {
+    "image": pa.binary(),
+    "label": pa.int64(),
+    "class_name": pa.string(),
+    "path": pa.string(),
+    "width": pa.int32(),
+    "height": pa.int32(),
+}
+
+
+def _read_split(manifest: dict, split: str) -> pa.Table:
+    tables = [pq.read_table(shard) for shard in manifest["splits"][split]["shards"]]
+    for table in tables:
+        assert {field.name: field.type for field in table.schema} == EXPECTED_SCHEMA
+    return pa.concat_tables(tables)
+
+
+def test_prepare_images_end_to_end(ray_local, raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, bad = raw_folder
+    out = tmp_path / "prepared"
+    manifest = prepare_images(root, out, val_fraction=0.34, seed=1, shard_rows=3)
+
+    assert manifest == load_manifest(out)
+    assert manifest["format"] == "fovea-dataset/1" and manifest["kind"] == "image"
+    assert manifest["classes"] == ["ant", "bee", "cat"]
+    assert manifest["source"] == str(root)
+    assert {entry["path"] for entry in manifest["rejected"]} == bad
+    reasons = {Path(entry["path"]).name: entry["reason"] for entry in manifest["rejected"]}
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["notes.jpg"] == "not an image: cannot identify image file"
+    assert reasons["truncated.jpg"].startswith("truncated or corrupt image: ")
+
+    splits = manifest["splits"]
+    assert splits["train"]["count"] + splits["val"]["count"] == 10
+    for split in splits.values():
+        assert split["count"] == sum(split["class_counts"].values())
+    totals = {
+        name: splits["train"]["class_counts"][name] + splits["val"]["class_counts"][name]
+        for name in manifest["classes"]
+    }
+    assert totals == {"ant": 4, "bee": 3, "cat": 3}
+    assert splits["val"]["count"] >= 1
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["splits"]["train"]["shards"][0] == "train/part-00000.parquet"
+    assert not list(tmp_path.glob("prepared.tmp-*"))
+
+    seen = set()
+    for split, info in splits.items():
+        assert len(info["shards"]) == -(-info["count"] // 3)
+        table = _read_split(manifest, split)
+        assert table.num_rows == info["count"]
+        for row in table.to_pylist():
+            seen.add(row["path"])
+            assert manifest["classes"][row["label"]] == row["class_name"]
+            with Image.open(io.BytesIO(row["image"])) as image:
+                assert image.size == (row["width"], row["height"])
+            assert row["image"] == Path(row["path"]).read_bytes()  # no max_side: original bytes kept
+    assert len(seen) == 10 and not seen & bad
+
+
+def test_shard_rows_max_side_and_overwrite(ray_local, raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, _ = raw_folder
+    out = tmp_path / "prepared"
+    first = prepare_images(root, out, val_fraction=0.0, shard_rows=100)
+    assert len(first["splits"]["train"]["shards"]) == 1 and first["splits"]["val"] == {
+        "count": 0,
+        "shards": [],
+        "class_counts": {"ant": 0, "bee": 0, "cat": 0},
+    }
+
+    second = prepare_images(root, out, val_fraction=0.0, shard_rows=2, max_side=32, jpeg_quality=85, overwrite=True)
+    assert len(second["splits"]["train"]["shards"]) == 5
+    assert second["options"]["max_side"] == 32
+    rows = {row["path"]: row for row in _read_split(second, "train").to_pylist()}
+    assert len(rows) == 10
+    for path, row in rows.items():
+        with Image.open(path) as original:
+            large = max(original.size) > 32
+        with Image.open(io.BytesIO(row["image"])) as stored:
+            assert stored.size == (row["width"], row["height"])
+            if large:
+                assert stored.format == "JPEG" and max(stored.size) == 32
+            else:
+                assert row["image"] == Path(path).read_bytes()
+    assert not any(p.name.startswith("prepared.") for p in tmp_path.iterdir())
+
+
+# Here rather than in test_demo_data.py so it reuses this module's Ray instance (starting Ray costs ~10 s).
+def test_ensure_demo_images_prepares_once(ray_local, capsys: pytest.CaptureFixture[str]) -> None:
+    prepared = ensure_demo_images(size=16, train_per_class=3, val_per_class=1, seed=2)
+    assert "generating demo image set in" in capsys.readouterr().out
+    assert prepared == fovea_home() / "datasets" / "demo-images-s16-n3-1-seed2" / "prepared"
+    manifest = load_manifest(prepared)
+    assert manifest["classes"] == sorted(DEMO_CLASSES)
+    assert manifest["splits"]["train"]["count"] == 24 and manifest["splits"]["val"]["count"] == 8
+    assert manifest["rejected"] == []
+
+    assert ensure_demo_images(size=16, train_per_class=3, val_per_class=1, seed=2) == prepared
+    assert capsys.readouterr().out == ""

@@ -277,6 +277,8 @@ def job_main(job: str, configs_dir: str | Path, description: str = "", argv: lis
         return 2
     print(f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {cfg.scaling.num_workers} worker(s)")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray Train's print patch tees a worker's print to stdout and its logger: each progress line came out twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     summary = run_training(cfg)
     print("\n" + summary.describe(), flush=True)
     return 0

@@ -135,7 +135,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def on_step(step: int, loss: float, lr: float) -> None:
         if tracker is not None and step % log_every == 0:
-            tracker.log_metrics({"train_loss_step": loss, "lr": lr}, step=step)
+            tracker.log_metrics({"step/train_loss": loss, "step/lr": lr}, step=step)
 
     mixup = build_mixup(cfg.data, num_classes=len(classes), label_smoothing=cfg.train.label_smoothing)
     criterion = build_criterion(mixup=mixup, label_smoothing=cfg.train.label_smoothing)
@@ -172,7 +172,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
             )
             val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
-            loss_sum, samples, slowest, skipped = _sum_across_workers(
+            loss_sum, samples, seconds_sum, skipped = _sum_across_workers(
                 [stats.loss * stats.steps, float(stats.samples), stats.seconds, float(stats.skipped_batches)], device
             )
             metrics = {
@@ -181,7 +181,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "val_loss": val["loss"],
                 "val_top1": val["top1"],
                 "val_top5": val["top5"],
-                "samples_per_sec": samples / max(1e-9, slowest / world),
+                "train_samples": samples,
+                "val_samples": val["count"],
+                "samples_per_sec": samples / max(1e-9, seconds_sum / world),
                 "epoch_time_s": stats.seconds,
                 "lr": optimizer.param_groups[0]["lr"],
                 "skipped_steps": skipped,

@@ -2,7 +2,7 @@
 
 python jobs/train_vit.py                      # default preset: the built-in demo set, a few minutes on a CPU
 python jobs/train_vit.py --preset smoke       # about a minute
-python jobs/train_vit.py data.path=/data/prepared model.name=vit_micro_patch4_32 scaling.num_workers=2
+python jobs/train_vit.py data.path=/data/prepared model.name=vit_micro_convstem_32 scaling.num_workers=2
 python jobs/train_vit.py --help               # every config field with its default
 """
 

@@ -59,7 +59,7 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, tmp_
     run = client.get_run(summary.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "e2e-one"
-    assert run.data.params["optim.lr"] == "0.002" and run.data.params["model.name"] == "vit_micro_patch4_32"
+    assert run.data.params["optim.lr"] == "0.002" and run.data.params["model.name"] == "vit_micro_convstem_32"
     assert run.data.tags["fovea.train_name"] == "e2e-one"
     val_top1 = client.get_metric_history(run.info.run_id, "val_top1")
     assert [m.step for m in val_top1] == [1, 2, 3]
@@ -73,13 +73,13 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, tmp_
     curves = Path(client.download_artifacts(run.info.run_id, "training_curves.png", str(tmp_path)))
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    version = client.get_model_version("vit_micro_patch4_32", summary.registered_version)
+    version = client.get_model_version("vit_micro_convstem_32", summary.registered_version)
     assert version.run_id == run.info.run_id
     assert version.tags["architecture"] == "VisionTransformer"
     assert float(version.tags["val_top1"]) == pytest.approx(summary.val_top1, abs=0.01)
     assert int(version.tags["params"]) > 0 and version.tags["dataset"] == str(user_dataset)
     mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/vit_micro_patch4_32/{summary.registered_version}")
+    model = mlflow.pytorch.load_model(f"models:/vit_micro_convstem_32/{summary.registered_version}")
     with torch.no_grad():
         logits = model(torch.zeros(2, 3, 32, 32))
     assert logits.shape == (2, 3)

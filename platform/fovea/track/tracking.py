@@ -209,6 +209,9 @@ def log_final_model(
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements,
+            # MLflow 3 defaults to torch.export ("pt2"), which fixes the batch size to the input example's and
+            # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module.
+            serialization_format="pickle",
             registered_model_name=registered_model_name,
             await_registration_for=60,
         )

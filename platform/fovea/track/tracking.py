@@ -159,7 +159,7 @@ def plot_curves(history: Iterable[dict[str, float]]) -> Any:
     acc_ax.set_ylabel("%")
     acc_ax.set_ylim(0, 100)
     acc_ax.set_title("validation accuracy")
-    acc_ax.legend()
+    acc_ax.legend(loc="lower right")
     figure.tight_layout()
     return figure
 

@@ -10,6 +10,8 @@ from fovea.models import check_model_name, count_parameters, create_model, load_
 
 TINY = [
     "vit_micro_patch4_32",
+    "vit_micro_convstem_32",
+    "deit_micro_distilled_convstem_32",
     "vit_nano_patch4_16",
     "deit_micro_patch4_32",
     "deit_micro_distilled_patch4_32",

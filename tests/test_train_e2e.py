@@ -117,7 +117,7 @@ def test_val_set_is_scored_once(user_dataset, tracking_uri, tmp_path):
         user_dataset,
         tracking_uri,
         tmp_path,
-        train={"name": "e2e-valcount", "epochs": 1},
+        train={"name": "e2e-valcount", "epochs": 1, "ema": True, "ema_decay": 0.9},
         scaling={"num_workers": 2, "cpus_per_worker": 0.5},
         track={"log_model": False},
     )
@@ -126,6 +126,8 @@ def test_val_set_is_scored_once(user_dataset, tracking_uri, tmp_path):
     scored = MlflowClient(tracking_uri).get_metric_history(summary.mlflow_run_id, "val_samples")
     # Ray's equal split may drop at most one row per worker to keep the shards the same length
     assert count - 2 < scored[0].value <= count
+    ema_top1 = MlflowClient(tracking_uri).get_metric_history(summary.mlflow_run_id, "val_top1_ema")
+    assert len(ema_top1) == 1 and 0.0 <= ema_top1[0].value <= 100.0
     assert np.isfinite(summary.val_top5)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
@@ -66,7 +66,8 @@ class DecodeImages:
         for data, label in zip(batch["image"], batch["label"], strict=True):
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    rgb = img.convert("RGB")
+                    # camera photos store their rotation in EXIF; preparation keeps the original bytes
+                    rgb = ImageOps.exif_transpose(img).convert("RGB")
             except Exception as err:  # any decoder error: skip the row, never the epoch
                 skipped += 1
                 log.warning("skipping an image that does not decode (%s); %d in this batch", err, skipped)

@@ -101,13 +101,7 @@ def vit_micro_convstem_32(pretrained: bool = False, **kwargs: Any) -> VisionTran
 @register_model
 def deit_micro_distilled_convstem_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformerDistilled:
     """``deit_micro_distilled_patch4_32`` with the convolutional stem of ``vit_micro_convstem_32``."""
-    return build_model_with_cfg(
-        VisionTransformerDistilled,
-        "deit_micro_distilled_convstem_32",
-        pretrained,
-        pretrained_filter_fn=vit_filter_fn,
-        **{**_convstem_args(), **kwargs},
-    )
+    return _deit_distilled("deit_micro_distilled_convstem_32", pretrained, _convstem_args(), **kwargs)
 
 
 @register_model
@@ -124,17 +118,19 @@ def deit_micro_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTrans
     return _vit("deit_micro_patch4_32", pretrained, model_args, **kwargs)
 
 
+def _deit_distilled(
+    variant: str, pretrained: bool, model_args: dict[str, Any], **kwargs: Any
+) -> VisionTransformerDistilled:
+    return build_model_with_cfg(
+        VisionTransformerDistilled, variant, pretrained, pretrained_filter_fn=vit_filter_fn, **{**model_args, **kwargs}
+    )
+
+
 @register_model
 def deit_micro_distilled_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformerDistilled:
     """DeiT with a distillation token (two heads; their mean at evaluation), ViT-micro sized."""
     model_args = dict(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0)
-    return build_model_with_cfg(
-        VisionTransformerDistilled,
-        "deit_micro_distilled_patch4_32",
-        pretrained,
-        pretrained_filter_fn=vit_filter_fn,
-        **{**model_args, **kwargs},
-    )
+    return _deit_distilled("deit_micro_distilled_patch4_32", pretrained, model_args, **kwargs)
 
 
 @register_model

@@ -125,8 +125,7 @@ def run_training(cfg: Config) -> TrainSummary:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fovea.data import load_manifest
-    from fovea.data.stream import build_image_datasets
+    from fovea.data import build_image_datasets, load_manifest
     from fovea.train.worker import train_worker
 
     run_name = cfg.run_name()

@@ -135,6 +135,13 @@ class RunLogger:
         self._call(self.client.set_terminated, self.run_id, status)
 
 
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run as ended (the driver does this once the final model is logged)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).set_terminated(run_id, status)
+
+
 def plot_curves(history: Iterable[dict[str, float]]) -> Any:
     """A two-panel figure of the run so far: losses, and validation accuracy, per epoch."""
     import matplotlib

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,6 @@ class TrainSummary:
     registered_model: str | None
     registered_version: str | None
     dataset: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def describe(self) -> str:
         lines = [
@@ -217,7 +214,7 @@ def _log_final_model(
     import numpy as np
 
     from fovea.models import count_parameters, create_model
-    from fovea.track import RunLogger, log_final_model
+    from fovea.track import finish_run, log_final_model
 
     model = create_model(
         cfg.model.name,
@@ -255,8 +252,7 @@ def _log_final_model(
             ),
             classes=classes,
         )
-    logger = RunLogger(tracking_uri, run_id=run_id, experiment_id="", run_name="")
-    logger.set_terminated("FINISHED")
+    finish_run(tracking_uri, run_id)
     return registered_name, version
 
 

@@ -1,0 +1,83 @@
+"""Tracking: URI resolution, and a failing store that never loses metrics (they are retried on the next flush)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fovea.track import RunLogger, ensure_experiment, finish_run, plot_curves, resolve_tracking_uri
+
+
+def test_uri_resolution(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path}/runs/m.db"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("store") == (tmp_path / "store").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert resolve_tracking_uri() == "http://127.0.0.1:5001"
+    assert resolve_tracking_uri("http://other:5000") == "http://other:5000"  # track.uri wins over the environment
+
+
+@pytest.fixture
+def logger(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = ensure_experiment(uri, "unit")
+    assert ensure_experiment(uri, "unit") == experiment  # idempotent
+    run_logger = RunLogger(
+        uri, run_id=None, experiment_id=experiment, run_name="r", params={"optim.lr": 0.1}, tags={"k": "v"}
+    )
+    return uri, run_logger
+
+
+def test_metrics_survive_a_failing_store(logger, monkeypatch, capsys):
+    uri, run_logger = logger
+    client = MlflowClient(uri)
+    real_log_batch = run_logger.client.log_batch
+
+    def down(*args, **kwargs):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(run_logger.client, "log_batch", down)
+    for step in range(1, 4):
+        run_logger.log_metrics({"loss": 1.0 / step}, step=step)
+        assert run_logger.flush() is False  # nothing raised, nothing dropped
+    assert capsys.readouterr().out.count("MLflow tracking failed") == 1  # warned once, not per call
+    assert client.get_metric_history(run_logger.run_id, "loss") == []
+
+    monkeypatch.setattr(run_logger.client, "log_batch", real_log_batch)
+    assert run_logger.flush() is True
+    history = client.get_metric_history(run_logger.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+
+
+def test_params_tags_resume_and_finish(logger):
+    uri, run_logger = logger
+    client = MlflowClient(uri)
+    run = client.get_run(run_logger.run_id)
+    assert run.data.params == {"optim.lr": "0.1"} and run.data.tags["k"] == "v"
+    finish_run(uri, run_logger.run_id, "FAILED")
+    resumed = RunLogger(uri, run_id=run_logger.run_id, experiment_id="", run_name="", tags={"resumed": "yes"})
+    assert resumed.run_id == run_logger.run_id
+    assert client.get_run(run_logger.run_id).info.status == "RUNNING"
+    finish_run(uri, run_logger.run_id)
+    run = client.get_run(run_logger.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "yes"
+
+
+def test_curves_figure(tmp_path):
+    history = [
+        {"epoch": e, "train_loss": 2 / e, "val_loss": 1.5 / e, "val_top1": 20.0 * e, "val_top5": 50 + 10.0 * e}
+        for e in range(1, 5)
+    ]
+    figure = plot_curves(history)
+    path = Path(tmp_path) / "curves.png"
+    figure.savefig(path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    loss_axis, accuracy_axis = figure.axes
+    assert [line.get_label() for line in loss_axis.lines] == ["train loss", "val loss"]
+    assert list(accuracy_axis.lines[0].get_ydata()) == [20.0, 40.0, 60.0, 80.0]

@@ -103,14 +103,29 @@ class TrainConfig(_Section):
 
 class DistillConfig(_Section):
     type: Literal["none", "soft", "hard"] = Field("none", description="DeiT distillation mode")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight λ of the teacher term")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight λ of the teacher term (1 - λ goes to the labels)")
     tau: float = Field(1.0, gt=0, description="softmax temperature τ for soft distillation")
-    teacher: str = Field("", description="teacher: model name, checkpoint file or models:/ URI")
+    teacher: str = Field(
+        "",
+        description="teacher: models:/NAME@ALIAS or models:/NAME/VERSION, a fovea checkpoint file, or a model name",
+    )
+    teacher_checkpoint: str = Field("", description="weights file for a teacher given by model name")
+    teacher_pretrained: bool = Field(False, description="a teacher given by model name uses timm's published weights")
+    kl_reduction: Literal["batchmean", "legacy"] = Field(
+        "batchmean", description="soft KL: per-sample mean, or the DeiT code's division by batch x classes"
+    )
+    heads: Literal["auto", "token", "single"] = Field(
+        "auto",
+        description="auto: the distillation-token head takes the teacher term when the student has one, else the "
+        "single head takes both terms; token: require a distillation token; single: one (averaged) head for both",
+    )
 
     @model_validator(mode="after")
     def _teacher_given(self) -> DistillConfig:
         if self.type != "none" and not self.teacher:
             raise ValueError(f"distill.type={self.type} needs distill.teacher")
+        if self.teacher_checkpoint and self.teacher_pretrained:
+            raise ValueError("give distill.teacher_checkpoint or distill.teacher_pretrained, not both")
         return self
 
 
@@ -120,6 +135,7 @@ class TrackConfig(_Section):
     experiment: str = Field("fovea", description="MLflow experiment")
     registered_model_name: str = Field("", description="registry name for the final model ('' = model.name)")
     log_model: bool = Field(True, description="log the final model to the run and register it")
+    alias: str = Field("", description="registry alias to point at the new version, e.g. champion ('' = none)")
     log_every_steps: int = Field(10, ge=1, description="per-step loss is sampled every N steps, sent per epoch")
 
 

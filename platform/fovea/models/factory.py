@@ -51,7 +51,7 @@ def create_model(
     Args:
         name: a name from ``list_models()``.
         num_classes: classes of the dataset.
-        img_size: input resolution; None keeps the preset's.
+        img_size: input resolution; None keeps the preset's. Ignored by models without the argument (CNNs).
         pretrained: load timm's published weights (fetched from the hub; fails clearly without network).
         checkpoint: a local weights file (``.pth``, ``.pt``, ``.bin``, ``.safetensors``, or a fovea checkpoint).
         window_size: Swin attention window; None keeps the preset's.
@@ -75,7 +75,14 @@ def create_model(
     if window_size is not None:
         args["window_size"] = window_size
     try:
-        model = timm.create_model(name, pretrained=pretrained, **args)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **args)
+        except TypeError as err:
+            # CNNs (ResNet, ConvNeXt, ...) take any input size and have no img_size argument
+            if "img_size" not in str(err) or "img_size" not in args:
+                raise
+            del args["img_size"]
+            model = timm.create_model(name, pretrained=pretrained, **args)
     except TypeError as err:
         raise ValueError(f"model {name}: {err}") from None
     except (OSError, RuntimeError) as err:

@@ -181,6 +181,8 @@ def log_final_model(
     version_tags: dict[str, str],
     description: str = "",
     classes: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    alias: str = "",
 ) -> str | None:
     """Log the trained model to the run (with signature and input example) and register a new version.
 
@@ -192,7 +194,10 @@ def log_final_model(
         registered_model_name: registry name, or None to log without registering.
         version_tags: tags for the new model version (architecture, dataset, val top-1, ...).
         description: the version's description.
-        classes: class names, saved beside the model as ``classes.json``.
+        classes: class names, saved beside the model as ``classes.json`` and in the model's metadata.
+        metadata: more facts for the MLmodel file (normalisation mean/std, img_size, model name), which
+            ``load_registered_model`` hands back with the module.
+        alias: a registry alias (e.g. ``champion``) to point at the new version.
 
     Returns:
         The registered version number, or None when not registered.
@@ -219,6 +224,7 @@ def log_final_model(
             # MLflow 3 defaults to torch.export ("pt2"), which fixes the batch size to the input example's and
             # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module.
             serialization_format="pickle",
+            metadata={**(metadata or {}), **({"classes": list(classes)} if classes is not None else {})},
             registered_model_name=registered_model_name,
             await_registration_for=60,
         )
@@ -234,5 +240,57 @@ def log_final_model(
             client.set_model_version_tag(registered_model_name, str(version), key, value)
         if description:
             client.update_model_version(registered_model_name, str(version), description=description)
+        if alias:
+            client.set_registered_model_alias(registered_model_name, alias, str(version))
         return str(version)
     return None
+
+
+def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[str, Any]]:
+    """A registered PyTorch model and what fovea recorded about it, from ``models:/NAME/VERSION`` or ``@ALIAS``.
+
+    Returns:
+        ``(module, info)``: the ``nn.Module`` on the CPU in eval mode, and ``info`` with ``version`` (the alias
+        resolved), ``run_id``, and when recorded ``classes``, ``mean``, ``std``, ``img_size``, ``model_name``.
+        Versions logged without metadata get their classes from the run's ``model_info/classes.json``.
+
+    Raises:
+        ValueError: one line, for a name, version or alias the registry does not have, or a model that is not
+            a PyTorch module.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from fovea.distill import parse_registry_uri
+
+    name, version, alias = parse_registry_uri(model_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as err:
+        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({_first_line(err)})") from None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    versioned = f"models:/{name}/{found.version}"
+    try:
+        model_info = mlflow.models.get_model_info(versioned)
+        module = mlflow.pytorch.load_model(versioned, map_location="cpu")
+    except MlflowException as err:
+        raise ValueError(f"{model_uri}: could not load version {found.version} ({_first_line(err)})") from None
+    if not hasattr(module, "state_dict"):
+        raise ValueError(f"{model_uri}: version {found.version} is not a PyTorch module")
+    info: dict[str, Any] = {"version": str(found.version), "run_id": found.run_id, **(model_info.metadata or {})}
+    if "classes" not in info and found.run_id:
+        try:
+            path = client.download_artifacts(found.run_id, "model_info/classes.json")
+            info["classes"] = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            pass  # a model registered by other tools: its classes are unknown, only their count can be checked
+    return module.eval(), info
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", "") or err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__

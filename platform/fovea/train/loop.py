@@ -21,6 +21,8 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from fovea.distill import has_distillation_token, head_logits
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under torch.compile and DDP wrappers (what state dicts and EMA should see)."""
@@ -152,6 +154,7 @@ def train_one_epoch(
     ema: Any | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     start_step: int = 0,
+    teacher: nn.Module | None = None,
 ) -> EpochStats:
     """One pass over ``batches``; returns the mean loss and throughput of this process.
 
@@ -170,6 +173,8 @@ def train_one_epoch(
         ema: a timm ``ModelEmaV3`` updated after each optimizer step, or None.
         on_step: called as ``on_step(global_step, loss, lr)`` after each optimizer step.
         start_step: the global optimizer step count before this epoch.
+        teacher: a frozen teacher; when given, ``criterion`` is called as ``criterion(outputs, targets,
+            teacher(images))`` on the same (mixed) images the student sees.
     """
     model.train()
     dtype = autocast_dtype(precision, device)
@@ -189,7 +194,10 @@ def train_one_epoch(
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = criterion(model(images), targets)
+                if teacher is None:
+                    loss = criterion(model(images), targets)
+                else:
+                    loss = criterion(model(images), targets, teacher(images))
                 (loss / len(group)).backward()
             group_loss += loss.item() / len(group)
             samples += images.shape[0]
@@ -230,30 +238,42 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and top-1/top-5 accuracy (in percent) over ``batches``, summed over all DDP processes.
 
-    Distilled DeiT models return the mean of their two heads in eval mode, which is what gets scored.
+    A student with a distillation token is scored on the mean of its two heads, as it predicts; the top-1 of
+    each head alone is reported too, as ``top1_cls`` and ``top1_dist``.
     """
     model.eval()
+    bare = unwrap(model)
     dtype = autocast_dtype(precision, device)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    # loss sum, top-1 hits, top-5 hits, count, class-head top-1 hits, distillation-head top-1 hits
+    totals = torch.zeros(6, dtype=torch.float64, device=device)
     for batch in batches:
         images = normalize(batch["image"].to(device, non_blocking=True))
         targets = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images)
+            heads = head_logits(bare, images)
+            logits = model(images) if heads is None else (heads[0] + heads[1]) / 2
         logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (B, k)
         hits = top.eq(targets[:, None])
+        head_hits = [torch.zeros((), dtype=torch.float64, device=device)] * 2
+        if heads is not None:
+            head_hits = [(head.float().argmax(dim=1) == targets).sum().double() for head in heads]
         totals += torch.stack(
             [
                 nn.functional.cross_entropy(logits, targets, reduction="sum").double(),
                 hits[:, 0].sum().double(),
                 hits.any(dim=1).sum().double(),
                 torch.tensor(targets.shape[0], dtype=torch.float64, device=device),
+                *head_hits,
             ]
         )
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-    loss, top1, top5, count = totals.tolist()
+    loss, top1, top5, count, top1_cls, top1_dist = totals.tolist()
     count = max(count, 1.0)
-    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}
+    result = {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}
+    if has_distillation_token(bare):
+        result["top1_cls"] = 100.0 * top1_cls / count
+        result["top1_dist"] = 100.0 * top1_dist / count
+    return result

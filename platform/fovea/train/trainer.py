@@ -75,10 +75,70 @@ def check_before_start(cfg: Config) -> None:
     if cfg.model.pretrained and cfg.model.checkpoint:
         raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
     if cfg.distill.type != "none":
-        raise ConfigError(
-            f"distill.type={cfg.distill.type}: teacher distillation is not available in this version of fovea; "
-            "use distill.type=none"
+        _check_teacher_spec(cfg)
+
+
+def _check_teacher_spec(cfg: Config) -> None:
+    from fovea.distill import parse_registry_uri, teacher_kind
+    from fovea.models import check_model_name
+
+    spec = cfg.distill.teacher
+    kind = teacher_kind(spec)
+    if kind == "registry":
+        try:
+            parse_registry_uri(spec)
+        except ValueError as err:
+            raise ConfigError(f"distill.teacher: {err}") from None
+    elif kind == "file":
+        path = Path(spec).expanduser()
+        if not (path.is_file() or (path / "checkpoint.pt").is_file()):
+            raise ConfigError(f"distill.teacher: no such checkpoint file: {spec}")
+    else:
+        try:
+            check_model_name(spec)
+        except ValueError as err:
+            raise ConfigError(f"distill.teacher: {err}".replace("model.name: ", "")) from None
+        if not cfg.distill.teacher_checkpoint and not cfg.distill.teacher_pretrained:
+            raise ConfigError(
+                f"distill.teacher={spec} needs weights: set distill.teacher_checkpoint=FILE "
+                "(or distill.teacher_pretrained=true for timm's published weights)"
+            )
+    if kind != "name" and (cfg.distill.teacher_checkpoint or cfg.distill.teacher_pretrained):
+        raise ConfigError("distill.teacher_checkpoint/teacher_pretrained go with a teacher given by model name")
+    if cfg.distill.teacher_checkpoint and not Path(cfg.distill.teacher_checkpoint).expanduser().is_file():
+        raise ConfigError(f"distill.teacher_checkpoint: no such file: {cfg.distill.teacher_checkpoint}")
+    if cfg.distill.heads == "token":
+        from fovea.distill import has_distillation_token
+        from fovea.models import create_model
+
+        student = create_model(cfg.model.name, num_classes=2, img_size=cfg.model.img_size, **cfg.model.kwargs)
+        if not has_distillation_token(student):
+            raise ConfigError(f"distill.heads=token: {cfg.model.name} has no distillation token")
+
+
+def load_checked_teacher(cfg: Config) -> Any:
+    """Load the teacher on the driver (the caller checks its classes against the dataset's with ``check_teacher``).
+
+    Loading here, not on the workers, means a teacher file or registry only the driver can reach still works on
+    a cluster: the workers get the module through Ray's object store.
+
+    Raises:
+        ConfigError: ``distill.teacher: ...`` in one line.
+    """
+    from fovea.distill import load_teacher
+    from fovea.track import resolve_tracking_uri
+
+    try:
+        return load_teacher(
+            cfg.distill.teacher,
+            num_classes=0,
+            img_size=cfg.model.img_size,
+            checkpoint=cfg.distill.teacher_checkpoint,
+            pretrained=cfg.distill.teacher_pretrained,
+            tracking_uri=resolve_tracking_uri(cfg.track.uri),
         )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise ConfigError(f"distill.teacher: {err}") from None
 
 
 def _init_ray(progress_bars: bool = False) -> None:
@@ -117,12 +177,14 @@ def run_training(cfg: Config) -> TrainSummary:
     """
     check_before_start(cfg)
     started = time.time()
+    teacher = load_checked_teacher(cfg) if cfg.distill.type != "none" else None  # before Ray: fail fast
     _init_ray()
 
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fovea.data import build_image_datasets, load_manifest
+    from fovea.distill import check_teacher
     from fovea.train.worker import train_worker
 
     run_name = cfg.run_name()
@@ -146,6 +208,19 @@ def run_training(cfg: Config) -> TrainSummary:
     if cfg.track.enabled:
         run_tags[TRAIN_NAME_TAG] = run_name
 
+    teacher_ref = teacher_source = None
+    if teacher is not None:
+        import ray
+
+        try:
+            check_teacher(teacher, classes=classes, img_size=cfg.model.img_size)
+        except ValueError as err:
+            raise ConfigError(f"distill.teacher: {err}") from None
+        teacher_source = teacher.source
+        run_tags["fovea.teacher"] = teacher.source
+        teacher_ref = ray.put(teacher)
+        print(f"teacher {teacher.source}: {type(teacher.model).__name__}, classes match the dataset", flush=True)
+
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
@@ -159,6 +234,8 @@ def run_training(cfg: Config) -> TrainSummary:
             "experiment_id": experiment_id,
             "run_name": run_name,
             "run_tags": run_tags,
+            "teacher": teacher_ref,
+            "teacher_source": teacher_source,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
@@ -225,6 +302,9 @@ def _log_final_model(
     )
     model.load_state_dict(state["model"])
     model.eval()
+    pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
+    std = cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225))
     registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
     version = None
     if cfg.track.log_model:
@@ -251,6 +331,13 @@ def _log_final_model(
                 f"{cfg.model.img_size}) normalised images; output: logits over classes.json."
             ),
             classes=classes,
+            metadata={
+                "model_name": cfg.model.name,
+                "img_size": cfg.model.img_size,
+                "mean": list(mean),
+                "std": list(std),
+            },
+            alias=cfg.track.alias,
         )
     finish_run(tracking_uri, run_id)
     return registered_name, version
@@ -274,6 +361,10 @@ def job_main(job: str, configs_dir: str | Path, description: str = "", argv: lis
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray Train's print patch tees a worker's print to stdout and its logger: each progress line came out twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    summary = run_training(cfg)
+    try:
+        summary = run_training(cfg)
+    except ConfigError as err:  # problems found once the dataset or the teacher is at hand
+        print(f"{job}: config error: {err}", file=sys.stderr)
+        return 2
     print("\n" + summary.describe(), flush=True)
     return 0

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from fovea.config import Config
+from fovea.distill import DistillationLoss, Teacher, use_distillation_token
 from fovea.models import create_model
 from fovea.train.loop import (
     Normalize,
@@ -75,10 +76,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         **cfg.model.kwargs,
     ).to(device)
     pretrained_cfg = getattr(model, "pretrained_cfg", {})
-    normalize = Normalize(
-        cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)),
-        cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225)),
-    ).to(device)
+    mean = tuple(cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+    normalize = Normalize(mean, std).to(device)
+    teacher = None
+    if cfg.distill.type != "none":
+        teacher = _build_teacher(loop_config, model, mean=mean, std=std, device=device)
 
     batch_size = cfg.data.batch_size
     steps_per_epoch = max(1, loop_config["train_count"] // world // batch_size // cfg.optim.accum_steps)
@@ -139,9 +142,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     mixup = build_mixup(cfg.data, num_classes=len(classes), label_smoothing=cfg.train.label_smoothing)
     criterion = build_criterion(mixup=mixup, label_smoothing=cfg.train.label_smoothing)
+    if teacher is not None:
+        criterion = DistillationLoss(
+            cfg.distill.type,
+            alpha=cfg.distill.alpha,
+            tau=cfg.distill.tau,
+            kl_reduction=cfg.distill.kl_reduction,
+            # mixup's soft targets already carry the smoothing; either way it reaches the label term only
+            label_smoothing=0.0 if mixup is not None else cfg.train.label_smoothing,
+        )
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     eval_batch_size = cfg.data.eval_batch_size or 2 * batch_size
+
+    def val_batches() -> Any:
+        return val_shard.iter_torch_batches(
+            batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
+        )
+
+    if teacher is not None and checkpoint is None:
+        # the teacher's own score on this val split: a student can hardly beat a teacher that cannot classify
+        teacher_val = evaluate(teacher, val_batches(), normalize=normalize, device=device, precision="fp32")
+        if tracker is not None:
+            tracker.log_metrics({"teacher_val_top1": teacher_val["top1"], "teacher_val_top5": teacher_val["top5"]}, 0)
+        if rank == 0:
+            print(
+                f"teacher {loop_config.get('teacher_source', '')}: val top-1 {teacher_val['top1']:.2f}% "
+                f"top-5 {teacher_val['top5']:.2f}% | {cfg.distill.type} distillation, alpha {cfg.distill.alpha}, "
+                f"tau {cfg.distill.tau}",
+                flush=True,
+            )
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             batches = train_shard.iter_torch_batches(
@@ -166,11 +196,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 ema=ema,
                 on_step=on_step,
                 start_step=global_step,
+                teacher=teacher,
             )
             global_step += stats.steps
-            val_batches = lambda: val_shard.iter_torch_batches(  # noqa: E731
-                batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
-            )
             val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
             loss_sum, samples, seconds_sum, skipped = _sum_across_workers(
                 [stats.loss * stats.steps, float(stats.samples), stats.seconds, float(stats.skipped_batches)], device
@@ -188,6 +216,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "lr": optimizer.param_groups[0]["lr"],
                 "skipped_steps": skipped,
             }
+            if "top1_cls" in val:  # a distillation-token student: each head alone, beside their mean (val_top1)
+                metrics["val_top1_cls"] = val["top1_cls"]
+                metrics["val_top1_dist"] = val["top1_dist"]
             if ema is not None:
                 ema_val = evaluate(ema.module, val_batches(), normalize=normalize, device=device)
                 metrics["val_top1_ema"] = ema_val["top1"]
@@ -226,12 +257,40 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tracker.flush()
 
 
+def _build_teacher(
+    loop_config: dict[str, Any], student: torch.nn.Module, *, mean: tuple, std: tuple, device: torch.device
+) -> Teacher:
+    """The frozen teacher on this worker's device, from the copy the driver put in the object store.
+
+    It is never DDP-wrapped: each worker scores its own batch. A student with a distillation token gets its
+    distilled-training switch turned on here (``distill.heads``), so it returns ``(cls_logits, dist_logits)``.
+    """
+    import ray
+
+    cfg = Config.model_validate(loop_config["config"])
+    loaded = ray.get(loop_config["teacher"])
+    if use_distillation_token(student, cfg.distill.heads):
+        student.set_distilled_training(True)
+    bf16 = device.type == "cuda" and cfg.train.precision != "fp32"
+    teacher = Teacher(
+        loaded.model,
+        mean=loaded.mean,
+        std=loaded.std,
+        student_mean=mean,
+        student_std=std,
+        dtype=torch.bfloat16 if bf16 else None,
+    )
+    return teacher.to(device)
+
+
 def format_progress(metrics: dict[str, float], epochs: int) -> str:
     """The one-line per-epoch progress report."""
     line = (
         f"epoch {int(metrics['epoch'])}/{epochs} | train loss {metrics['train_loss']:.4f} | "
         f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
     )
+    if "val_top1_cls" in metrics:
+        line += f" (cls head {metrics['val_top1_cls']:.2f}%, dist head {metrics['val_top1_dist']:.2f}%)"
     if "val_top1_ema" in metrics:
         line += f" (EMA top-1 {metrics['val_top1_ema']:.2f}%)"
     return line + f" | {metrics['samples_per_sec']:.0f} samples/s | {metrics['epoch_time_s']:.1f} s"

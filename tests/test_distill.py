@@ -349,3 +349,11 @@ def test_distill_config_is_checked_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="has no distillation token"):
         check_before_start(build_config([plain_student, {"distill": {"type": "soft", "teacher": "models:/t@a",
                                                                      "heads": "token"}}]))  # fmt: skip
+
+
+def test_cnn_teachers_are_built_whatever_img_size_says():
+    # CNNs take no img_size argument; jobs always pass one, so the factory drops it for them
+    cnn = create_model("resnet10t", num_classes=4, img_size=32)
+    assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    with pytest.raises(ValueError, match="unexpected keyword argument 'window_sizes'"):
+        create_model("resnet10t", num_classes=4, img_size=32, window_sizes=3)

@@ -16,6 +16,7 @@ TINY = [
     "deit_micro_patch4_32",
     "deit_micro_distilled_patch4_32",
     "swin_micro_patch2_window4_32",
+    "cvt_micro_32",
 ]
 
 

@@ -74,7 +74,8 @@ def test_cnn_teacher_from_the_registry_teaches_a_deit_student(dataset, tmp_path)
     )
     assert student.epochs == 2 and student.val_top1 >= 60.0, student
     run = client.get_run(student.mlflow_run_id)
-    assert run.data.params["distill.type"] == "hard" and run.data.params["distill.teacher"] == "models:/teacher@champion"
+    assert run.data.params["distill.type"] == "hard"
+    assert run.data.params["distill.teacher"] == "models:/teacher@champion"
     assert run.data.tags["fovea.teacher"] == "models:/teacher@champion (version 1)"
     # the teacher is scored once on the same val split: its registered weights and normalisation arrived intact
     teacher_score = client.get_metric_history(run.info.run_id, "teacher_val_top1")

@@ -23,6 +23,14 @@ def test_uri_resolution(monkeypatch, tmp_path):
     assert resolve_tracking_uri("http://other:5000") == "http://other:5000"  # track.uri wins over the environment
 
 
+def test_artifacts_live_beside_the_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # not the store's folder: artifacts must not follow the current directory
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    experiment = MlflowClient(uri).get_experiment(ensure_experiment(uri, "beside"))
+    assert experiment.artifact_location == (tmp_path / "store" / "mlruns").as_uri()
+
+
 @pytest.fixture
 def logger(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -41,8 +41,9 @@ def resolve_tracking_uri(uri: str = "") -> str:
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` at ``uri``, created if missing.
 
-    It is created from the driver so MLflow's default artifact location is resolved against the folder the
-    user launched from (next to ``mlflow.db``), not a Ray worker's directory.
+    With a SQLite store the artifacts go to ``mlruns/`` beside the database file (MLflow's own default is the
+    current folder, which is the same place when ``mlflow.db`` is the default one, but under ``ray job submit``
+    the current folder is a temporary copy that is deleted afterwards).
     """
     from mlflow.tracking import MlflowClient
 
@@ -50,7 +51,10 @@ def ensure_experiment(uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name)
+    artifact_location = None
+    if uri.startswith("sqlite:////"):
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 class RunLogger:

@@ -104,7 +104,9 @@ def test_a_missing_registry_teacher_is_a_one_line_error_before_training(tmp_path
         timeout=120,
     )
     assert job.returncode == 2, job.stderr[-2000:]
-    assert job.stderr.strip().splitlines()[-1].startswith(
-        "train_deit: config error: distill.teacher: models:/nobody@champion not found in the registry"
+    assert (
+        job.stderr.strip()
+        .splitlines()[-1]
+        .startswith("train_deit: config error: distill.teacher: models:/nobody@champion not found in the registry")
     )
     assert "Started a local Ray instance" not in job.stdout + job.stderr  # it failed before Ray started

@@ -89,3 +89,36 @@ def test_curves_figure(tmp_path):
     loss_axis, accuracy_axis = figure.axes
     assert [line.get_label() for line in loss_axis.lines] == ["train loss", "val loss"]
     assert list(accuracy_axis.lines[0].get_ydata()) == [20.0, 40.0, 60.0, 80.0]
+
+
+def test_versions_register_in_the_given_store_whatever_mlflow_was_pointed_at(tmp_path):
+    import mlflow
+    import numpy as np
+    import torch
+
+    from fovea.track import log_final_model
+
+    other, store = (f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("other", "store"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "store").mkdir()
+    mlflow.set_registry_uri(other)  # e.g. left behind by an earlier load from another registry in this process
+    mlflow.set_tracking_uri(other)
+    run_id = _client_for(store).create_run(ensure_experiment(store, "reg")).info.run_id
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    version = log_final_model(
+        store,
+        run_id,
+        model,
+        input_example=np.zeros((1, 3, 2, 2), dtype=np.float32),
+        registered_model_name="m",
+        version_tags={"k": "v"},
+        alias="champion",
+    )
+    assert version == "1"
+    registry = _client_for(store)
+    assert registry.get_model_version_by_alias("m", "champion").tags["k"] == "v"
+    assert _client_for(other).search_registered_models() == []
+
+
+def _client_for(uri: str) -> MlflowClient:
+    return MlflowClient(uri, registry_uri=uri)

@@ -22,6 +22,25 @@ TRAIN_NAME_TAG = "fovea.train_name"
 MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
 
 
+def _client(uri: str) -> Any:
+    """A client whose tracking store and model registry are both ``uri``.
+
+    An MlflowClient built with the tracking URI alone takes its registry from MLflow's process-wide setting, so a
+    registry set earlier for another store would silently receive this store's model versions.
+    """
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _use_store(uri: str) -> None:
+    """Point MLflow's fluent API (``log_model``, ``load_model``) at ``uri`` for tracking and registry alike."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def resolve_tracking_uri(uri: str = "") -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in this folder.
 
@@ -45,9 +64,8 @@ def ensure_experiment(uri: str, name: str) -> str:
     current folder, which is the same place when ``mlflow.db`` is the default one, but under ``ray job submit``
     the current folder is a temporary copy that is deleted afterwards).
     """
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -79,9 +97,8 @@ class RunLogger:
         params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(uri)
+        self.client = _client(uri)
         self._pending: list[Any] = []
         self._warned = False
         if run_id is None:
@@ -141,9 +158,8 @@ class RunLogger:
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run as ended (the driver does this once the final model is logged)."""
-    from mlflow.tracking import MlflowClient
 
-    MlflowClient(uri).set_terminated(run_id, status)
+    _client(uri).set_terminated(run_id, status)
 
 
 def plot_curves(history: Iterable[dict[str, float]]) -> Any:
@@ -217,7 +233,7 @@ def log_final_model(
     signature = infer_signature(input_example, output)
     # Explicit requirements: MLflow's inference would re-load the model in a subprocess to find them.
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    mlflow.set_tracking_uri(uri)
+    _use_store(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
@@ -239,7 +255,7 @@ def log_final_model(
                 mlflow.log_artifact(str(path), artifact_path="model_info")
     version = getattr(info, "registered_model_version", None)
     if registered_model_name and version is not None:
-        client = mlflow.tracking.MlflowClient(uri)
+        client = _client(uri)
         for key, value in version_tags.items():
             client.set_model_version_tag(registered_model_name, str(version), key, value)
         if description:
@@ -265,18 +281,16 @@ def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[
     import mlflow
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from fovea.distill import parse_registry_uri
 
     name, version, alias = parse_registry_uri(model_uri)
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri)
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as err:
         raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({_first_line(err)})") from None
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    _use_store(tracking_uri)
     versioned = f"models:/{name}/{found.version}"
     try:
         model_info = mlflow.models.get_model_info(versioned)

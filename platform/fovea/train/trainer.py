@@ -292,6 +292,7 @@ def _log_final_model(
 
     from fovea.models import count_parameters, create_model
     from fovea.track import finish_run, log_final_model
+    from fovea.train.loop import normalization
 
     model = create_model(
         cfg.model.name,
@@ -302,9 +303,7 @@ def _log_final_model(
     )
     model.load_state_dict(state["model"])
     model.eval()
-    pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
-    std = cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+    mean, std = normalization(model, cfg.data)
     registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
     version = None
     if cfg.track.log_model:

@@ -22,6 +22,7 @@ from fovea.train.loop import (
     build_optimizer,
     build_scheduler,
     evaluate,
+    normalization,
     train_one_epoch,
     unwrap,
 )
@@ -75,13 +76,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         drop_path_rate=cfg.model.drop_path_rate,
         **cfg.model.kwargs,
     ).to(device)
-    pretrained_cfg = getattr(model, "pretrained_cfg", {})
-    mean = tuple(cfg.data.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.data.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+    mean, std = normalization(model, cfg.data)
     normalize = Normalize(mean, std).to(device)
     teacher = None
     if cfg.distill.type != "none":
-        teacher = _build_teacher(loop_config, model, mean=mean, std=std, device=device)
+        teacher = _build_teacher(cfg, loop_config["teacher"], model, mean=mean, std=std, device=device)
 
     batch_size = cfg.data.batch_size
     steps_per_epoch = max(1, loop_config["train_count"] // world // batch_size // cfg.optim.accum_steps)
@@ -258,7 +257,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _build_teacher(
-    loop_config: dict[str, Any], student: torch.nn.Module, *, mean: tuple, std: tuple, device: torch.device
+    cfg: Config,
+    teacher_ref: Any,
+    student: torch.nn.Module,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
 ) -> Teacher:
     """The frozen teacher on this worker's device, from the copy the driver put in the object store.
 
@@ -267,8 +272,7 @@ def _build_teacher(
     """
     import ray
 
-    cfg = Config.model_validate(loop_config["config"])
-    loaded = ray.get(loop_config["teacher"])
+    loaded = ray.get(teacher_ref)
     if use_distillation_token(student, cfg.distill.heads):
         student.set_distilled_training(True)
     bf16 = device.type == "cuda" and cfg.train.precision != "fp32"

@@ -144,7 +144,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, *, fps: int = 16, crf: int =
     """Encode ``(T, H, W, 3)`` uint8 frames as an H.264 MP4 file (yuv420p, so H and W must be even)."""
     import av
 
-    with av.open(str(path), mode="w", format="mp4") as container:
+    # faststart puts the index (moov) first, so readers can start before the end of the file arrives
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -200,21 +201,46 @@ def make_demo_images(
         raise ValueError(f"size must be at least 8, got {size}")
     if train_per_class < 0 or val_per_class < 0 or seed < 0:
         raise ValueError("train_per_class, val_per_class and seed must be non-negative")
+
+    def write(path: Path, class_name: str, rng: np.random.Generator) -> None:
+        Image.fromarray(render_demo_image(class_name, rng, size)).save(path, format="JPEG", quality=92)
+
+    return write_class_folders(
+        out, DEMO_CLASSES, {"train": train_per_class, "val": val_per_class}, seed=seed, suffix=".jpg", write=write
+    )
+
+
+def write_class_folders(
+    out: str | Path,
+    classes: Sequence[str],
+    counts: dict[str, int],
+    *,
+    seed: int,
+    suffix: str,
+    write: Callable[[Path, str, np.random.Generator], None],
+) -> Path:
+    """Fill ``out/<split>/<class>/<index:05d><suffix>`` with ``write(path, class_name, rng)`` for every item.
+
+    Each item gets its own generator, ``np.random.default_rng([seed, split_id, class_id, index])``. The folder is
+    built in a temporary sibling renamed to ``out`` at the end, so an interrupted run never leaves a partial set
+    that looks complete.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an empty folder.
+    """
     out = Path(os.path.abspath(Path(out).expanduser()))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder")
-
     out.parent.mkdir(parents=True, exist_ok=True)
     temp_dir = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        for split, count in (("train", train_per_class), ("val", val_per_class)):
-            for class_id, class_name in enumerate(DEMO_CLASSES):
+        for split, count in counts.items():
+            for class_id, class_name in enumerate(classes):
                 class_dir = temp_dir / split / class_name
                 class_dir.mkdir(parents=True)
                 for index in range(count):
                     rng = np.random.default_rng([seed, _SPLIT_IDS[split], class_id, index])
-                    pixels = render_demo_image(class_name, rng, size)
-                    Image.fromarray(pixels).save(class_dir / f"{index:05d}.jpg", format="JPEG", quality=92)
+                    write(class_dir / f"{index:05d}{suffix}", class_name, rng)
         if out.exists():
             out.rmdir()
         os.rename(temp_dir, out)

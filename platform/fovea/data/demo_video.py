@@ -15,15 +15,12 @@ and 48 pixels give 6 and 4 "channels" here), so the default 96 and other multipl
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fovea.data.demo import _contrasting_colours, _regular_polygon
+from fovea.data.demo import _contrasting_colours, _regular_polygon, write_class_folders
 
 DEMO_ACTIONS = (
     "move_left",
@@ -35,7 +32,6 @@ DEMO_ACTIONS = (
     "grow",
     "shrink",
 )
-_SPLIT_IDS = {"train": 0, "val": 1}
 _SUPERSAMPLE = 2
 # shapes whose orientation is visible (no circles or squares that look the same after a quarter turn)
 _ARROW = np.array([[0.0, -1.0], [0.7, 0.0], [0.25, 0.0], [0.25, 1.0], [-0.25, 1.0], [-0.25, 0.0], [-0.7, 0.0]])
@@ -182,24 +178,10 @@ def make_demo_videos(
         raise ValueError(f"need at least 2 frames and 1 fps, got {num_frames} frames at {fps} fps")
     if train_per_class < 0 or val_per_class < 0 or seed < 0:
         raise ValueError("train_per_class, val_per_class and seed must be non-negative")
-    out = Path(os.path.abspath(Path(out).expanduser()))
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        for split, count in (("train", train_per_class), ("val", val_per_class)):
-            for class_id, action in enumerate(DEMO_ACTIONS):
-                class_dir = temp_dir / split / action
-                class_dir.mkdir(parents=True)
-                for index in range(count):
-                    rng = np.random.default_rng([seed, _SPLIT_IDS[split], class_id, index])
-                    frames = render_demo_video(action, rng, size=size, num_frames=num_frames)
-                    write_mp4(class_dir / f"{index:05d}.mp4", frames, fps=fps)
-        if out.exists():
-            out.rmdir()
-        os.rename(temp_dir, out)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    return out
+
+    def write(path: Path, action: str, rng: np.random.Generator) -> None:
+        write_mp4(path, render_demo_video(action, rng, size=size, num_frames=num_frames), fps=fps)
+
+    return write_class_folders(
+        out, DEMO_ACTIONS, {"train": train_per_class, "val": val_per_class}, seed=seed, suffix=".mp4", write=write
+    )

@@ -42,57 +42,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _make_videos(args: argparse.Namespace) -> int:
-    from fovea.data.demo_video import DEMO_ACTIONS, make_demo_videos
-
-    start = time.perf_counter()
-    try:
-        out = make_demo_videos(
-            args.out,
-            size=args.size,
-            num_frames=args.num_frames,
-            fps=args.fps,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            seed=args.seed,
-        )
-    except (FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    classes = len(DEMO_ACTIONS)
-    print(
-        f"wrote {classes * args.train_per_class} train + {classes * args.val_per_class} val videos ({classes} "
-        f"classes, {args.size}x{args.size}, {args.num_frames} frames at {args.fps} fps, H.264 MP4) to {out} in "
-        f"{time.perf_counter() - start:.1f} s"
-    )
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate the requested data and print what was written; returns the exit code."""
     args = parse_args(argv)
+    common = dict(
+        size=args.size, train_per_class=args.train_per_class, val_per_class=args.val_per_class, seed=args.seed
+    )
     if args.kind == "videos":
-        return _make_videos(args)
-    from fovea.data.demo import DEMO_CLASSES, make_demo_images
+        from fovea.data.demo_video import DEMO_ACTIONS as classes
+        from fovea.data.demo_video import make_demo_videos as make
 
+        common.update(num_frames=args.num_frames, fps=args.fps)
+        what = (
+            f"videos ({len(classes)} classes, {args.size}x{args.size}, {args.num_frames} frames at {args.fps} fps, "
+            "H.264 MP4)"
+        )
+    else:
+        from fovea.data.demo import DEMO_CLASSES as classes
+        from fovea.data.demo import make_demo_images as make
+
+        what = f"images ({len(classes)} classes, {args.size}x{args.size} JPEG)"
     start = time.perf_counter()
     try:
-        out = make_demo_images(
-            args.out,
-            size=args.size,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            seed=args.seed,
-        )
+        out = make(args.out, **common)
     except (FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    classes = len(DEMO_CLASSES)
     print(
-        f"wrote {classes * args.train_per_class} train + {classes * args.val_per_class} val images "
-        f"({classes} classes, {args.size}x{args.size} JPEG) to {out} in {time.perf_counter() - start:.1f} s"
+        f"wrote {len(classes) * args.train_per_class} train + {len(classes) * args.val_per_class} val {what} to {out} "
+        f"in {time.perf_counter() - start:.1f} s"
     )
-    print(f"next: python pipelines/prepare_images.py {out} OUT")
+    if args.kind == "images":
+        print(f"next: python pipelines/prepare_images.py {out} OUT")
     return 0
 
 

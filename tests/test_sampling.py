@@ -47,3 +47,11 @@ def test_segments_cover_the_whole_video():
         edges = np.floor(np.linspace(0, 50, 9)).astype(int)
         assert np.all(clip >= edges[:-1]) and np.all(clip < edges[1:])  # one frame inside each segment
     assert segment_indices(8, num_frames=8, rng=rng).tolist() == list(range(8))
+
+
+def test_segment_evaluation_views_interleave():
+    views = [segment_indices(40, num_frames=4, clip_index=k, num_clips=2).tolist() for k in range(2)]
+    assert views == [[2, 12, 22, 32], [7, 17, 27, 37]]  # a quarter and three quarters into each segment
+    assert segment_indices(40, num_frames=4).tolist() == [4, 14, 24, 34]  # one view: the middle frames
+    with pytest.raises(ValueError, match="clip_index 2"):
+        segment_indices(40, num_frames=4, clip_index=2, num_clips=2)

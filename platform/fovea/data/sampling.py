@@ -49,23 +49,30 @@ def segment_indices(
     *,
     num_frames: int,
     rng: np.random.Generator | None = None,
+    clip_index: int = 0,
+    num_clips: int = 1,
 ) -> np.ndarray:
     """One frame from each of ``num_frames`` equal segments of the whole video (TSN, Wang et al. 2016).
 
-    Training picks a random frame in each segment, evaluation the segment's middle frame. A video with fewer
-    frames than segments is loop-padded.
+    Training picks a random frame in each segment. Evaluation takes, in every segment, the frame at fraction
+    ``(clip_index + 0.5) / num_clips`` of it: the middle frame for a single view, and ``num_clips`` views that
+    interleave for multi-view testing. A video with fewer frames than segments is loop-padded.
 
     Returns:
         int64 indices, shape ``(num_frames,)``, non-decreasing for videos of at least ``num_frames`` frames.
     """
     _check(video_frames, num_frames)
+    if not 0 <= clip_index < num_clips:
+        raise ValueError(f"clip_index {clip_index} is outside 0..{num_clips - 1}")
     if video_frames < num_frames:
         return np.arange(num_frames, dtype=np.int64) % video_frames
     edges = np.linspace(0, video_frames, num_frames + 1)  # segment boundaries, (num_frames + 1,)
     low, high = np.floor(edges[:-1]).astype(np.int64), np.floor(edges[1:]).astype(np.int64)
     high = np.maximum(high, low + 1)  # every segment holds at least one frame
     if rng is None:
-        return (low + high - 1) // 2
+        if num_clips == 1:
+            return (low + high - 1) // 2
+        return low + np.floor((clip_index + 0.5) / num_clips * (high - low)).astype(np.int64)
     return low + (rng.random(num_frames) * (high - low)).astype(np.int64)
 
 

@@ -242,7 +242,7 @@ def _bad_source(root: Path, case: str) -> Path:
     [
         ("missing", FileNotFoundError, "SRC not found"),
         ("flat", ValueError, "no class subfolders"),
-        ("empty", ValueError, "no image files"),
+        ("empty", ValueError, "no files found"),
         ("csv_columns", ValueError, "lacks column"),
         ("csv_split", ValueError, "unknown split 'test'"),
     ],

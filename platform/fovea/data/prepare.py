@@ -22,7 +22,7 @@ import uuid
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,17 +61,29 @@ CHECKED_SCHEMA = pa.schema(
 
 # (path, class_name, split or None when the source does not say)
 _Entry = tuple[str, str, str | None]
+# (start, end) seconds of a segment of a video; None where the list leaves it open
+_Segment = tuple[float | None, float | None]
+# Column names a list may use for a segment's bounds (ours, then the Kinetics annotation files').
+_START_COLUMNS = ("start", "time_start")
+_END_COLUMNS = ("end", "time_end")
 
 
-def scan_source(src: str | Path, *, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[str]]:
-    """List every file of a raw image dataset with its class and split.
+def scan_source(
+    src: str | Path, *, val_fraction: float = 0.1, seed: int = 0, segments: bool = False
+) -> tuple[list[dict], list[str]]:
+    """List every file of a raw image or video dataset with its class and split.
 
     SRC may be a folder of class subfolders (``SRC/<class>/...``); a folder whose ``train/`` and ``val/`` (or
     ``validation/``) each hold class subfolders (other folders next to them, e.g. ``test/``, are ignored; with
     ``train/`` alone the val split is carved out of it); or a CSV file with a header holding ``path,label[,split]``,
     or a JSON file holding a list of objects with those keys (relative paths are resolved against the list's
-    folder). Class folders are walked recursively; hidden files and folders are skipped. Files are not opened here:
-    unreadable or non-image files become rejected rows later.
+    folder; a path holding ``://`` is a URI and is kept as it is). Class folders are walked recursively; hidden
+    files and folders are skipped. Files are not opened here: unreadable or unusable files become rejected rows
+    later.
+
+    With ``segments`` (videos), a list may also give ``start`` and ``end`` seconds (or Kinetics' ``time_start`` and
+    ``time_end``) to use only part of a file; one file may then appear several times, once per segment, and all
+    its segments land in the same split.
 
     Without given splits, each class puts a seeded ``val_fraction`` of its files in ``val`` (at least one when it
     has two or more files and ``val_fraction > 0``, and never all of them). Classes are sorted by name, or by
@@ -81,6 +93,8 @@ def scan_source(src: str | Path, *, val_fraction: float = 0.1, seed: int = 0) ->
         src: The dataset folder or list file.
         val_fraction: Share of each class held out for validation when SRC does not give splits; in ``[0, 1)``.
         seed: Seed of the validation split; the same seed gives the same split.
+        segments: Accept ``start``/``end`` columns in lists; every item then has ``start`` and ``end`` keys (seconds,
+            or None for the file's own start or end).
 
     Returns:
         ``(items, classes)``: items are dicts with ``path`` (absolute), ``class_name``, ``label`` and ``split``
@@ -101,21 +115,26 @@ def scan_source(src: str | Path, *, val_fraction: float = 0.1, seed: int = 0) ->
 
     if root.is_dir():
         entries = _scan_folder(root)
+        bounds: list[_Segment] = [(None, None)] * len(entries)
     elif root.suffix.lower() in _LIST_SUFFIXES:
-        entries = _scan_list_file(root)
+        entries, bounds = _scan_list_file(root)
+        if not segments and any(bound != (None, None) for bound in bounds):
+            raise ValueError(f"{src} gives start/end times: segments are for videos (pipelines/prepare_videos.py)")
     else:
         raise ValueError(f"SRC must be a folder or a .csv/.json list, got {src}")
     if not entries:
-        raise ValueError(f"no image files found in {src}")
+        raise ValueError(f"no files found in {src}")
 
     classes = _sort_class_names({class_name for _, class_name, _ in entries})
     entries = _assign_val_split(entries, val_fraction=val_fraction, seed=seed)
     label_of = {name: label for label, name in enumerate(classes)}
-    items = [
-        {"path": path, "class_name": class_name, "label": label_of[class_name], "split": split}
-        for path, class_name, split in entries
-    ]
-    items.sort(key=lambda item: (SPLITS.index(item["split"]), item["path"]))
+    items = []
+    for (path, class_name, split), (start, end) in zip(entries, bounds, strict=True):
+        item = {"path": path, "class_name": class_name, "label": label_of[class_name], "split": split}
+        if segments:
+            item.update(start=start, end=end)
+        items.append(item)
+    items.sort(key=lambda item: (SPLITS.index(item["split"]), item["path"], item.get("start") or 0.0))
     return items, classes
 
 
@@ -171,8 +190,8 @@ def _scan_folder(root: Path) -> list[_Entry]:
     return entries
 
 
-def _scan_list_file(file: Path) -> list[_Entry]:
-    """Entries of a CSV or JSON list of ``{path, label[, split]}`` records."""
+def _scan_list_file(file: Path) -> tuple[list[_Entry], list[_Segment]]:
+    """Entries of a CSV or JSON list of ``{path, label[, split][, start, end]}`` records, and their segments."""
     if file.suffix.lower() == ".csv":
         with open(file, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -193,7 +212,7 @@ def _scan_list_file(file: Path) -> list[_Entry]:
         raise ValueError(f"{file} lacks column(s) {', '.join(missing)}: expected path,label[,split]")
     has_split = "split" in columns
     base = file.parent
-    entries = []
+    entries, bounds = [], []
     for number, record in enumerate(records, start=1):
         where = f"{file.name} record {number}"
         path, label = record.get("path"), record.get("label")
@@ -205,9 +224,27 @@ def _scan_list_file(file: Path) -> list[_Entry]:
             if given not in _SPLIT_ALIASES:
                 raise ValueError(f"{where} has unknown split {given!r}: expected train, val or validation")
             split = _SPLIT_ALIASES[given]
-        full_path = os.path.abspath(os.path.join(base, os.path.expanduser(str(path).strip())))
+        path = str(path).strip()
+        full_path = path if "://" in path else os.path.abspath(os.path.join(base, os.path.expanduser(path)))
         entries.append((full_path, str(label).strip(), split))
-    return entries
+        bounds.append((_seconds(record, _START_COLUMNS, where), _seconds(record, _END_COLUMNS, where)))
+    return entries, bounds
+
+
+def _seconds(record: Mapping[str, Any], names: Sequence[str], where: str) -> float | None:
+    """The first of ``names`` the record gives, as non-negative seconds; None when it gives none (or blank)."""
+    for name in names:
+        value = record.get(name)
+        if value is None or str(value).strip() == "":
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{where} has {name}={value!r}: expected seconds") from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{where} has {name}={value!r}: expected non-negative seconds")
+        return seconds
+    return None
 
 
 def _sort_class_names(names: Iterable[str]) -> list[str]:
@@ -370,7 +407,7 @@ def read_and_check_images(
 def _kept_rows_of_split(batch: pa.Table, *, split: str) -> pa.Table:
     """The good rows of one split, without the bookkeeping columns."""
     keep = pc.and_(pc.equal(batch["split"], split), pc.equal(batch["error"], ""))
-    return batch.filter(keep).drop_columns(["split", "error"])
+    return batch.filter(keep).drop_columns([name for name in ("split", "error", "note") if name in batch.column_names])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -452,6 +489,52 @@ def prepare_images(
         raise ValueError(f"jpeg_quality must be in 1..95, got {jpeg_quality}")
     out = check_output_dir(out, overwrite=overwrite)
     items, classes = scan_source(src, val_fraction=val_fraction, seed=seed)
+    return run_preparation(
+        src,
+        out,
+        items,
+        classes,
+        kind="image",
+        check=read_and_check_images,
+        check_kwargs={"max_side": max_side, "jpeg_quality": jpeg_quality},
+        options={
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "shard_rows": shard_rows,
+            "max_side": max_side,
+            "jpeg_quality": jpeg_quality,
+        },
+        shard_rows=shard_rows,
+        seed=seed,
+        overwrite=overwrite,
+        num_cpus=num_cpus,
+    )
+
+
+def run_preparation(
+    src: str | Path,
+    out: Path,
+    items: list[dict],
+    classes: list[str],
+    *,
+    kind: str,
+    check: Callable[..., pa.Table],
+    check_kwargs: dict[str, Any],
+    options: dict[str, Any],
+    shard_rows: int,
+    seed: int,
+    overwrite: bool,
+    num_cpus: int | None,
+    check_batch_size: int = 64,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Ray Data job shared by image and video preparation: check every item, write shards and the manifest.
+
+    ``check`` is the ``map_batches`` function: it turns a batch of items into one row per item with the stored
+    columns plus ``path``, ``class_name``, ``split``, ``error`` (``""`` for good rows) and optionally ``note``
+    (kept rows worth listing in the manifest's ``notes``, e.g. short videos that are loop-padded). ``extra`` keys
+    go into the manifest as they are.
+    """
     source_root = Path(os.path.abspath(Path(src).expanduser()))
     if source_root.is_dir() and out.is_relative_to(source_root):
         raise ValueError(f"OUT must not be inside SRC (it would become a class folder): {out}")
@@ -465,22 +548,24 @@ def prepare_images(
         if started_ray:
             ray.init(num_cpus=num_cpus)
         try:
-            check_kwargs = {"max_side": max_side, "jpeg_quality": jpeg_quality}
             manifest = _write_shards(
-                items, classes, temp_dir, shard_rows=shard_rows, seed=seed, check_kwargs=check_kwargs
+                items,
+                classes,
+                temp_dir,
+                shard_rows=shard_rows,
+                seed=seed,
+                check=check,
+                check_kwargs=check_kwargs,
+                check_batch_size=check_batch_size,
+                kind=kind,
             )
         finally:
             # Leave Ray as we found it: a caller that calls ray.init() after us would otherwise fail.
             if started_ray:
                 ray.shutdown()
+        manifest.update(extra or {})
         manifest["source"] = str(src)
-        manifest["options"] = {
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "shard_rows": shard_rows,
-            "max_side": max_side,
-            "jpeg_quality": jpeg_quality,
-        }
+        manifest["options"] = options
         # The manifest is written last, so its presence marks a complete dataset.
         write_manifest(temp_dir, manifest)
         _move_into_place(temp_dir, out, overwrite=overwrite)
@@ -497,7 +582,10 @@ def _write_shards(
     *,
     shard_rows: int,
     seed: int,
+    check: Callable[..., pa.Table],
     check_kwargs: dict[str, Any],
+    check_batch_size: int,
+    kind: str,
 ) -> dict[str, Any]:
     """Run the Ray Data job that checks every item and writes each split's shards under ``temp_dir``.
 
@@ -512,14 +600,25 @@ def _write_shards(
     shuffled = [items[index] for index in order]
     checked = (
         ray.data.from_items(shuffled)
-        .map_batches(read_and_check_images, batch_format="pyarrow", batch_size=64, fn_kwargs=check_kwargs)
+        .map_batches(check, batch_format="pyarrow", batch_size=check_batch_size, fn_kwargs=check_kwargs)
         .materialize()
     )
     # Only the small bookkeeping columns come back to the driver; the image bytes stay in the object store.
-    bookkeeping = checked.select_columns(["path", "class_name", "split", "error"])
+    has_notes = "note" in checked.schema().names
+    bookkeeping = checked.select_columns(["path", "class_name", "split", "error"] + (["note"] if has_notes else []))
     rows = pa.concat_tables(list(bookkeeping.iter_batches(batch_size=None, batch_format="pyarrow"))).to_pydict()
     rejected = sorted(
         ({"path": path, "reason": error} for path, error in zip(rows["path"], rows["error"], strict=True) if error),
+        key=lambda entry: entry["path"],
+    )
+    notes = sorted(
+        (
+            {"path": path, "note": note}
+            for path, note, error in zip(
+                rows["path"], rows.get("note") or [""] * len(rows["path"]), rows["error"], strict=True
+            )
+            if note and not error
+        ),
         key=lambda entry: entry["path"],
     )
     counts = Counter(
@@ -544,10 +643,11 @@ def _write_shards(
         splits[split] = {"count": count, "shards": shards, "class_counts": class_counts}
     return {
         "format": MANIFEST_FORMAT,
-        "kind": "image",
+        "kind": kind,
         "classes": classes,
         "splits": splits,
         "rejected": rejected,
+        **({"notes": notes} if has_notes else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -1,0 +1,244 @@
+"""Turn a folder or list of raw videos into a prepared dataset: Parquet shards, one row per video or segment.
+
+The same Ray Data job as images (:func:`fovea.data.prepare.run_preparation`): the file list is built on the
+driver, :func:`read_and_check_videos` probes every file with decord in ``map_batches`` (metadata, first and last
+frame decoded), bad files become rejected rows with a one-line reason, and each split's good rows are written as
+shards. A row holds one of three things in its ``video`` column (the manifest's ``storage``):
+
+- ``encoded`` (default): the file's bytes, so training needs nothing but the shards;
+- ``reference``: nothing; the row's ``path`` (a local path or URI) is read at training time, for collections too
+  large to copy;
+- ``decoded`` (``--pre-decode``): uint8 frames ``(num_frames, height, width, 3)``, resized so the short side is
+  ``pre_decode_size`` and optionally thinned to ``pre_decode_frames`` evenly spread frames; no video decoding at
+  training time, at several times the bytes.
+
+Every row also carries ``label``, ``class_name``, ``path``, ``num_frames``, ``fps``, ``duration`` (seconds),
+``width``, ``height`` and ``start_frame``. A segment (a list's ``start``/``end`` seconds) is the frames
+``[start_frame, start_frame + num_frames)`` of its file; encoded rows store the whole file's bytes, so a file cut
+into many segments is better prepared ``--by-reference``.
+
+Videos shorter than ``min_frames`` are kept and loop-padded when clips are sampled (listed in the manifest's
+``notes``), or rejected with ``too_short="reject"``. Zero-byte, unreadable, truncated and frameless files are
+always rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from fovea.data.prepare import _one_line, check_output_dir, run_preparation, scan_source
+from fovea.data.video import BadVideo, decode_frames, probe_video, read_bytes
+
+STORAGES = ("encoded", "reference", "decoded")
+TOO_SHORT = ("pad", "reject")
+
+# What read_and_check_videos returns: one row per input item, rejected ones included (``error`` set).
+CHECKED_VIDEO_SCHEMA = pa.schema(
+    [
+        ("video", pa.binary()),
+        ("label", pa.int64()),
+        ("class_name", pa.string()),
+        ("path", pa.string()),
+        ("num_frames", pa.int32()),
+        ("fps", pa.float64()),
+        ("duration", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("start_frame", pa.int32()),
+        ("split", pa.string()),
+        ("error", pa.string()),
+        ("note", pa.string()),
+    ]
+)
+
+
+def check_video(
+    data: bytes,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    storage: str = "encoded",
+    min_frames: int = 8,
+    too_short: str = "pad",
+    pre_decode_size: int = 128,
+    pre_decode_frames: int = 0,
+) -> dict[str, Any]:
+    """Probe one video (or a segment of it) and build its row.
+
+    Returns:
+        The row's stored columns (``video``, ``num_frames``, ``fps``, ``duration``, ``width``, ``height``,
+        ``start_frame``) and ``note`` (``""`` unless worth listing).
+
+    Raises:
+        BadVideo: the one-line reason the video is rejected.
+    """
+    info = probe_video(data)
+    start_frame = round(start * info.fps) if start else 0
+    end_frame = min(info.num_frames, round(end * info.fps)) if end is not None else info.num_frames
+    if start_frame >= info.num_frames:
+        raise BadVideo(f"segment starts at {start:g} s, after the video's end ({info.duration:.2f} s)")
+    if end_frame <= start_frame:
+        raise BadVideo(f"empty segment: {start or 0:g} s to {end:g} s")
+    num_frames = end_frame - start_frame
+    note = ""
+    if num_frames < min_frames:
+        if too_short == "reject":
+            raise BadVideo(f"too short: {num_frames} frames, at least {min_frames} needed")
+        note = f"short: {num_frames} frames (fewer than {min_frames}); clips loop over them"
+    row = {
+        "video": data if storage == "encoded" else b"",
+        "num_frames": num_frames,
+        "fps": info.fps,
+        "duration": num_frames / info.fps if info.fps > 0 else 0.0,
+        "width": info.width,
+        "height": info.height,
+        "start_frame": start_frame,
+        "note": note,
+    }
+    if storage == "decoded":
+        row.update(_pre_decode(data, start_frame, num_frames, size=pre_decode_size, keep_frames=pre_decode_frames))
+        row["fps"] = row["num_frames"] / row["duration"] if row["duration"] > 0 else info.fps
+    return row
+
+
+def _pre_decode(data: bytes, start_frame: int, num_frames: int, *, size: int, keep_frames: int) -> dict[str, Any]:
+    """Decode a video's frames (or ``keep_frames`` evenly spread ones) with the short side shrunk to ``size``."""
+    import torch
+
+    from fovea.data.clips import _resize_short_side
+    from fovea.data.sampling import segment_indices
+
+    if 0 < keep_frames < num_frames:
+        indices = segment_indices(num_frames, num_frames=keep_frames)  # the middle frame of equal segments
+    else:
+        indices = np.arange(num_frames)
+    frames = decode_frames(data, indices + start_frame)  # (T, H, W, 3)
+    height, width = frames.shape[1:3]
+    if min(height, width) > size:
+        clip = _resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # (T, 3, h, w)
+        frames = clip.permute(0, 2, 3, 1).contiguous().numpy()
+    return {
+        "video": frames.tobytes(),
+        "num_frames": frames.shape[0],
+        "height": frames.shape[1],
+        "width": frames.shape[2],
+        "start_frame": 0,
+    }
+
+
+def read_and_check_videos(batch: pa.Table | Mapping[str, Sequence[Any]], **options: Any) -> pa.Table:
+    """Read and check a batch of videos; the ``map_batches`` function of :func:`prepare_videos`.
+
+    Never raises on bad files: each input row yields one output row, with ``error`` naming what is wrong.
+
+    Args:
+        batch: Columns ``path``, ``label``, ``class_name``, ``split`` and optionally ``start``/``end`` (seconds).
+        **options: :func:`check_video`'s keyword arguments (``storage``, ``min_frames``, ...).
+
+    Returns:
+        A table with :data:`CHECKED_VIDEO_SCHEMA`.
+    """
+
+    def column(name: str) -> list[Any]:
+        if isinstance(batch, pa.Table):
+            return batch.column(name).to_pylist() if name in batch.column_names else [None] * batch.num_rows
+        return list(batch[name]) if name in batch else [None] * len(batch["path"])
+
+    empty = {"video": b"", "num_frames": 0, "fps": 0.0, "duration": 0.0, "width": 0, "height": 0, "start_frame": 0}
+    rows = []
+    for path, start, end in zip(column("path"), column("start"), column("end"), strict=True):
+        try:
+            row = {**check_video(read_bytes(path), start=start, end=end, **options), "error": ""}
+        except OSError as error:
+            row = {**empty, "note": "", "error": f"unreadable file: {error.strerror or _one_line(error)}"}
+        except BadVideo as error:
+            row = {**empty, "note": "", "error": str(error)}
+        rows.append(row)
+    table = {name: [row[name] for row in rows] for name in (*empty, "error", "note")}
+    table.update(
+        label=[int(label) for label in column("label")],
+        class_name=[str(name) for name in column("class_name")],
+        path=[str(path) for path in column("path")],
+        split=[str(split) for split in column("split")],
+    )
+    return pa.table({name: table[name] for name in CHECKED_VIDEO_SCHEMA.names}, schema=CHECKED_VIDEO_SCHEMA)
+
+
+def prepare_videos(
+    src: str | Path,
+    out: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    shard_rows: int = 100,
+    storage: str = "encoded",
+    min_frames: int = 8,
+    too_short: str = "pad",
+    pre_decode_size: int = 128,
+    pre_decode_frames: int = 0,
+    overwrite: bool = False,
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Probe every video of SRC and write the good ones (or their segments) as a prepared dataset in OUT.
+
+    Args:
+        src: Raw dataset: class folders, ``train/``+``val/`` class folders, or a CSV/JSON list of
+            ``path,label[,split][,start,end]`` (see :func:`fovea.data.prepare.scan_source`).
+        out: Output folder; receives ``<split>/part-NNNNN.parquet`` shards and ``manifest.json``.
+        val_fraction: Share of each class held out for validation when SRC does not give splits.
+        seed: Seed for the validation split and the row order.
+        shard_rows: About how many rows each Parquet shard holds.
+        storage: ``encoded``, ``reference`` or ``decoded`` (see the module docstring).
+        min_frames: Videos with fewer frames are short: padded or rejected as ``too_short`` says.
+        too_short: ``pad`` (keep; clips loop over the frames) or ``reject``.
+        pre_decode_size: ``decoded`` storage: short side of the stored frames (larger frames are shrunk).
+        pre_decode_frames: ``decoded`` storage: frames kept per video, evenly spread (0 = every frame).
+        overwrite: Replace a prepared dataset already in OUT.
+        num_cpus: CPUs of a local Ray started here (ignored when Ray is already initialized).
+
+    Returns:
+        The manifest (absolute shard paths); ``kind`` is ``video`` and ``storage`` says what rows hold.
+
+    Raises:
+        FileNotFoundError: SRC does not exist.
+        FileExistsError: OUT cannot be written.
+        ValueError: Bad arguments or SRC layout.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if too_short not in TOO_SHORT:
+        raise ValueError(f"too_short must be one of {', '.join(TOO_SHORT)}, got {too_short!r}")
+    if shard_rows < 1 or min_frames < 1 or pre_decode_size < 8 or pre_decode_frames < 0:
+        raise ValueError("shard_rows and min_frames must be at least 1, pre_decode_size at least 8, frames >= 0")
+    out = check_output_dir(out, overwrite=overwrite)
+    items, classes = scan_source(src, val_fraction=val_fraction, seed=seed, segments=True)
+    check_kwargs = {
+        "storage": storage,
+        "min_frames": min_frames,
+        "too_short": too_short,
+        "pre_decode_size": pre_decode_size,
+        "pre_decode_frames": pre_decode_frames,
+    }
+    return run_preparation(
+        src,
+        out,
+        items,
+        classes,
+        kind="video",
+        check=read_and_check_videos,
+        check_kwargs=check_kwargs,
+        options={"val_fraction": val_fraction, "seed": seed, "shard_rows": shard_rows, **check_kwargs},
+        shard_rows=shard_rows,
+        seed=seed,
+        overwrite=overwrite,
+        num_cpus=num_cpus,
+        # a video row is far larger and slower to check than an image's: small batches spread the work evenly
+        check_batch_size=max(1, min(16, math.ceil(len(items) / 32))),
+        extra={"storage": storage},
+    )

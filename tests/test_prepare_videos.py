@@ -1,0 +1,146 @@
+"""Preparing video datasets: bad files rejected with reasons, short videos kept and noted, three storage modes,
+Kinetics-style lists with segments."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fovea.data import load_manifest, prepare_videos, scan_source
+from fovea.data.demo_video import render_demo_video, write_mp4
+from fovea.data.prepare_video import check_video, read_and_check_videos
+from fovea.data.video import BadVideo
+
+SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "prepare_videos.py"
+
+
+def _pipeline_main():
+    """The pipeline script's ``main``, loaded in this process so it shares the module's Ray instance."""
+    spec = importlib.util.spec_from_file_location("prepare_videos_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _write(path, action="move_right", frames=12, size=64, seed=0, fps=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(path, render_demo_video(action, np.random.default_rng(seed), size=size, num_frames=frames), fps=fps)
+    return path
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Two classes of 4 good videos each, plus the four kinds of trouble the issue names, in class ``grow``."""
+    root = tmp_path_factory.mktemp("messy") / "videos"
+    for class_id, action in enumerate(("grow", "shrink")):
+        for index in range(4):
+            _write(root / action / f"{index}.mp4", action, seed=10 * class_id + index)
+    good = (root / "grow" / "0.mp4").read_bytes()
+    (root / "grow" / "zero.mp4").write_bytes(b"")
+    (root / "grow" / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (root / "grow" / "notes.avi").write_text("this is a text file, not a video\n" * 5)
+    _write(root / "grow" / "three.mp4", "grow", frames=3, seed=99)
+    return root
+
+
+def test_preparation_handles_each_bad_file_as_documented(ray_local, messy_folder, tmp_path, capsys):
+    main = _pipeline_main()
+    out = tmp_path / "prepared"
+    assert main([str(messy_folder), str(out), "--val-fraction", "0.25", "--shard-rows", "3"]) == 0
+    printed = capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert manifest["kind"] == "video" and manifest["storage"] == "encoded"
+    assert manifest["classes"] == ["grow", "shrink"]
+    reasons = {entry["path"].rsplit("/", 1)[1]: entry["reason"] for entry in manifest["rejected"]}
+    assert set(reasons) == {"zero.mp4", "truncated.mp4", "notes.avi"}
+    assert reasons["zero.mp4"] == "empty file (0 bytes)"
+    assert reasons["truncated.mp4"].startswith("corrupt or truncated video (")
+    assert reasons["notes.avi"].startswith("not a readable video (")
+    assert all("\n" not in reason for reason in reasons.values())
+    # the 3-frame video is kept (clips loop over it) and listed
+    assert [entry["path"].rsplit("/", 1)[1] for entry in manifest["notes"]] == ["three.mp4"]
+    assert manifest["notes"][0]["note"].startswith("short: 3 frames")
+    splits = manifest["splits"]
+    assert splits["train"]["count"] + splits["val"]["count"] == 9
+    assert splits["val"]["class_counts"] == {"grow": 1, "shrink": 1}
+    assert len(splits["train"]["shards"]) == 3  # 7 rows at about 3 per shard
+
+    rows = pq.read_table(splits["train"]["shards"] + splits["val"]["shards"]).to_pylist()
+    by_name = {row["path"].rsplit("/", 1)[1] + row["class_name"]: row for row in rows}
+    three = by_name["three.mp4grow"]
+    assert (three["num_frames"], three["width"], three["height"], three["start_frame"]) == (3, 64, 64, 0)
+    assert three["fps"] == pytest.approx(8.0) and three["duration"] == pytest.approx(3 / 8)
+    full = by_name["1.mp4shrink"]
+    assert full["num_frames"] == 12 and full["video"] == (messy_folder / "shrink" / "1.mp4").read_bytes()
+    assert "rejected: 3" in printed and "kept with a note: 1" in printed
+
+
+def test_too_short_videos_can_be_rejected_instead(messy_folder):
+    data = (messy_folder / "grow" / "three.mp4").read_bytes()
+    assert check_video(data, min_frames=4)["note"].startswith("short: 3 frames (fewer than 4)")
+    assert check_video(data, min_frames=3)["note"] == ""
+    with pytest.raises(BadVideo, match=r"^too short: 3 frames, at least 8 needed$"):
+        check_video(data, min_frames=8, too_short="reject")
+
+
+def test_by_reference_and_pre_decoded_rows(messy_folder):
+    path = str(messy_folder / "shrink" / "2.mp4")
+    batch = {"path": [path] * 2, "label": [1, 1], "class_name": ["shrink"] * 2, "split": ["train"] * 2}
+    referenced = read_and_check_videos(batch, storage="reference").to_pylist()[0]
+    assert referenced["video"] == b"" and referenced["path"] == path and referenced["num_frames"] == 12
+
+    decoded = read_and_check_videos(batch, storage="decoded", pre_decode_size=32, pre_decode_frames=6).to_pylist()[0]
+    assert (decoded["num_frames"], decoded["height"], decoded["width"]) == (6, 32, 32)
+    frames = np.frombuffer(decoded["video"], np.uint8).reshape(6, 32, 32, 3)
+    assert frames.std() > 5  # real pixels, not zeros
+    assert decoded["fps"] == pytest.approx(6 / (12 / 8))  # frames kept over the same duration
+    small = read_and_check_videos(batch, storage="decoded", pre_decode_size=128).to_pylist()[0]
+    assert (small["num_frames"], small["height"]) == (12, 64)  # never upscaled; every frame by default
+
+
+def test_kinetics_style_list_with_segments(messy_folder, tmp_path):
+    clip = _write(tmp_path / "long.mp4", "rotate_clockwise", frames=40, fps=10)  # 4 s
+    listing = tmp_path / "train.csv"
+    listing.write_text(
+        "label,path,time_start,time_end,split\n"
+        f"spin,{clip},1.0,2.5,train\n"
+        f"spin,{clip},3.0,,train\n"
+        f"spin,{clip},5.0,6.0,val\n"
+        f"grow,{messy_folder / 'grow' / '1.mp4'},,,val\n"
+        "grow,s3://bucket/clips/x.mp4,,,train\n"
+    )
+    items, classes = scan_source(listing, segments=True)
+    assert classes == ["grow", "spin"]
+    assert [(item["start"], item["end"]) for item in items if item["class_name"] == "spin"] == [
+        (1.0, 2.5),
+        (3.0, None),
+        (5.0, 6.0),
+    ]
+    assert "s3://bucket/clips/x.mp4" in [item["path"] for item in items]  # URIs are kept as they are
+    with pytest.raises(ValueError, match="segments are for videos"):
+        scan_source(listing)
+
+    local = [item for item in items if not item["path"].startswith("s3://")]
+    columns = {
+        name: [item[name] for item in local] for name in ("path", "label", "class_name", "split", "start", "end")
+    }
+    rows = read_and_check_videos(columns, storage="reference").to_pylist()
+    spin = [row for row in rows if row["class_name"] == "spin"]
+    assert [(row["start_frame"], row["num_frames"]) for row in spin] == [(10, 15), (30, 10), (0, 0)]
+    assert spin[2]["error"] == "segment starts at 5 s, after the video's end (4.00 s)"
+    assert spin[0]["duration"] == pytest.approx(1.5)
+
+
+def test_prepare_rejects_bad_arguments_before_ray(messy_folder, tmp_path):
+    with pytest.raises(ValueError, match="storage must be one of"):
+        prepare_videos(messy_folder, tmp_path / "a", storage="zip")
+    with pytest.raises(ValueError, match="too_short must be one of"):
+        prepare_videos(messy_folder, tmp_path / "b", too_short="drop")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "other.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="non-empty folder"):
+        prepare_videos(messy_folder, tmp_path / "c")

@@ -47,6 +47,9 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1024, ge=0, description="rows in the worker's local shuffle buffer (0 = off)")
     decode_batch_size: int = Field(64, ge=1, description="rows per Ray Data decode/augment task batch")
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched on each worker")
+    cache_max_mb: float = Field(
+        1024, ge=0, description="keep a split's encoded rows in Ray's object store when its shards total at most this"
+    )
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
     crop_ratio: tuple[float, float] = Field((0.75, 1.3333), description="RandomResizedCrop aspect-ratio range")
     crop_pct: float = Field(0.875, gt=0, le=1, description="eval: centre crop as a fraction of the resized side")
@@ -59,11 +62,29 @@ class DataConfig(_Section):
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of applying mixup or cutmix to a batch")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup")
+    num_frames: int = Field(16, ge=1, description="video: frames per clip (the model is built for this many)")
+    frame_interval: int = Field(
+        4, ge=1, description="video: frames between sampled frames, dense sampling (MViT/SlowFast: 16 x 4)"
+    )
+    sampling: Literal["dense", "segment"] = Field(
+        "dense", description="video: one window of num_frames x frame_interval, or one frame per equal segment (TSN)"
+    )
+    scale_jitter: tuple[float, float] = Field(
+        (1.14, 1.43), description="video: training short side as a range of multiples of img_size (SlowFast 256-320)"
+    )
+    num_temporal_clips: int = Field(5, ge=1, description="video: clips per video in multi-view evaluation")
+    num_spatial_crops: int = Field(1, ge=1, description="video: crops per clip in multi-view evaluation (1 or 3)")
+    video_backend: Literal["decord", "pyav"] = Field("decord", description="video: decoder of encoded clips")
+    decode_threads: int = Field(1, ge=0, description="video: decord threads per video (0 = decord picks)")
     demo_size: int = Field(64, ge=16, description="demo set: image side in pixels")
     demo_train_per_class: int = Field(500, ge=1, description="demo set: training images per class")
     demo_val_per_class: int = Field(100, ge=1, description="demo set: validation images per class")
+    demo_video_size: int = Field(96, ge=32, multiple_of=32, description="demo video set: frame side in pixels")
+    demo_video_frames: int = Field(32, ge=2, description="demo video set: frames per video")
+    demo_video_train_per_class: int = Field(100, ge=1, description="demo video set: training videos per class")
+    demo_video_val_per_class: int = Field(25, ge=1, description="demo video set: validation videos per class")
 
-    @field_validator("crop_scale", "crop_ratio")
+    @field_validator("crop_scale", "crop_ratio", "scale_jitter")
     @classmethod
     def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0 < value[0] <= value[1]:

@@ -271,23 +271,41 @@ def ensure_demo_images(*, size: int = 64, train_per_class: int = 500, val_per_cl
     from fovea.data.prepare import prepare_images
 
     root = demo_images_root(size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
+    return ensure_prepared(
+        root,
+        "image",
+        make=lambda raw: make_demo_images(
+            raw, size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed
+        ),
+        prepare=lambda raw, prepared: prepare_images(raw, prepared, shard_rows=500),
+    )
+
+
+def ensure_prepared(
+    root: Path, kind: str, *, make: Callable[[Path], object], prepare: Callable[[Path, Path], object]
+) -> Path:
+    """``root/prepared``, made on first use: ``make(root/"raw")`` writes the raw files, ``prepare`` the shards.
+
+    Safe when several processes ask at once: both steps build in temporary folders renamed into place, and a
+    process that loses the race uses the winner's complete folder.
+    """
     raw, prepared = root / "raw", root / "prepared"
     if (prepared / MANIFEST_NAME).is_file():
         return prepared
 
-    print(f"generating demo image set in {root}", flush=True)
+    print(f"generating demo {kind} set in {root}", flush=True)
     if not raw.is_dir():
         try:
-            make_demo_images(raw, size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
+            make(raw)
         except (FileExistsError, OSError):
             # Another process may have finished the same set first; its rename is atomic, so raw/ is complete.
             if not raw.is_dir():
                 raise
     if prepared.exists() and not (prepared / MANIFEST_NAME).exists():
-        # Our own cache folder without a manifest can only be debris; prepare_images refuses to write into it.
+        # Our own cache folder without a manifest can only be debris; preparation refuses to write into it.
         shutil.rmtree(prepared)
     try:
-        prepare_images(raw, prepared, shard_rows=500)
+        prepare(raw, prepared)
     except (FileExistsError, OSError):
         if not (prepared / MANIFEST_NAME).is_file():
             raise

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fovea.data.demo import _contrasting_colours, _regular_polygon, write_class_folders
+from fovea.data.demo import _contrasting_colours, _regular_polygon, ensure_prepared, write_class_folders
+from fovea.paths import fovea_home
 
 DEMO_ACTIONS = (
     "move_left",
@@ -184,4 +185,30 @@ def make_demo_videos(
 
     return write_class_folders(
         out, DEMO_ACTIONS, {"train": train_per_class, "val": val_per_class}, seed=seed, suffix=".mp4", write=write
+    )
+
+
+def ensure_demo_videos(
+    *, size: int = 96, num_frames: int = 32, train_per_class: int = 100, val_per_class: int = 25, seed: int = 0
+) -> Path:
+    """The prepared demo video set, generated and prepared (with Ray Data) on first use and cached in FOVEA_HOME.
+
+    Returns:
+        The prepared dataset folder (it holds ``manifest.json``).
+    """
+    from fovea.data.prepare_video import prepare_videos
+
+    name = f"demo-videos-s{size}-f{num_frames}-n{train_per_class}-{val_per_class}-seed{seed}"
+    return ensure_prepared(
+        fovea_home() / "datasets" / name,
+        "video",
+        make=lambda raw: make_demo_videos(
+            raw,
+            size=size,
+            num_frames=num_frames,
+            train_per_class=train_per_class,
+            val_per_class=val_per_class,
+            seed=seed,
+        ),
+        prepare=lambda raw, prepared: prepare_videos(raw, prepared, shard_rows=100),
     )

@@ -1,7 +1,9 @@
 """Plain PyTorch training and evaluation steps: no Ray, no MLflow.
 
-Batches arrive as ``{"image": uint8 (B, 3, H, W), "label": int64 (B,)}`` on the CPU; everything from the
-conversion to float onwards (normalisation, mixup/cutmix, autocast) happens on the training device.
+Batches arrive as ``{"image": uint8 (B, 3, H, W), "label": int64 (B,)}`` (images) or ``{"video": uint8
+(B, 3, T, H, W), ...}`` (clips) on the CPU; everything from the conversion to float onwards (normalisation,
+mixup/cutmix, autocast) happens on the training device. Multi-view evaluation batches hold every view of each
+video, ``(B, V, 3, T, H, W)``; a video's score is the mean of its views' logits.
 """
 
 from __future__ import annotations
@@ -31,16 +33,32 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Normalize(nn.Module):
-    """uint8 images to normalised float on the device: ``(x / 255 - mean) / std`` in one fused pass."""
+    """uint8 images ``(B, C, H, W)`` or clips ``(B, C, T, H, W)`` to normalised float: ``(x / 255 - mean) / std``."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
-        # (1, 3, 1, 1), pre-scaled by 255 so the uint8 input needs a single subtract and divide
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+        # (C,), pre-scaled by 255 so the uint8 input needs a single subtract and divide
+        self.register_buffer("mean", torch.tensor(mean) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(std) * 255.0, persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        shape = (1, -1) + (1,) * (images.dim() - 2)  # channels on dim 1, broadcast over T, H, W
+        return (images.float() - self.mean.view(shape)) / self.std.view(shape)
+
+
+def batch_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model input of a batch: its ``image`` or ``video`` tensor."""
+    return batch["image"] if "image" in batch else batch["video"]
+
+
+def apply_mixup(mixup: Mixup, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's mixup/cutmix on images, or on clips with one box and one lambda for all of a clip's frames."""
+    if inputs.dim() == 4:
+        return mixup(inputs, targets)
+    # (B, C, T, H, W) -> (B, C*T, H, W): cutmix cuts the same box out of every frame, mixup mixes whole clips
+    batch, channels, frames, height, width = inputs.shape
+    mixed, targets = mixup(inputs.reshape(batch, channels * frames, height, width), targets)
+    return mixed.view(batch, channels, frames, height, width), targets
 
 
 def normalization(model: nn.Module, data_cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -193,12 +211,12 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         group_loss = 0.0
         for index, batch in enumerate(group):
-            images = normalize(batch["image"].to(device, non_blocking=True))
+            images = normalize(batch_inputs(batch).to(device, non_blocking=True))
             targets = batch["label"].to(device, non_blocking=True)
             if mixup is not None:
                 if images.shape[0] % 2:  # timm's Mixup pairs samples by flipping the batch: it needs an even size
                     images, targets = images[:-1], targets[:-1]
-                images, targets = mixup(images, targets)
+                images, targets = apply_mixup(mixup, images, targets)
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
             with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -247,7 +265,8 @@ def evaluate(
     """Loss and top-1/top-5 accuracy (in percent) over ``batches``, summed over all DDP processes.
 
     A student with a distillation token is scored on the mean of its two heads, as it predicts; the top-1 of
-    each head alone is reported too, as ``top1_cls`` and ``top1_dist``.
+    each head alone is reported too, as ``top1_cls`` and ``top1_dist``. Multi-view video batches
+    ``(B, V, 3, T, H, W)`` are scored per video on the mean of its ``V`` views' logits.
     """
     model.eval()
     bare = unwrap(model)
@@ -255,12 +274,18 @@ def evaluate(
     # loss sum, top-1 hits, top-5 hits, count, class-head top-1 hits, distillation-head top-1 hits
     totals = torch.zeros(6, dtype=torch.float64, device=device)
     for batch in batches:
-        images = normalize(batch["image"].to(device, non_blocking=True))
+        inputs = batch_inputs(batch).to(device, non_blocking=True)
+        num_views = inputs.shape[1] if inputs.dim() == 6 else 1
+        if inputs.dim() == 6:
+            inputs = inputs.flatten(0, 1)  # (B, V, 3, T, H, W) -> (B*V, 3, T, H, W): views are just more clips
+        images = normalize(inputs)
         targets = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             heads = head_logits(bare, images)
             logits = model(images) if heads is None else (heads[0] + heads[1]) / 2
-        logits = logits.float()
+            if heads is not None:
+                heads = tuple(head.float().unflatten(0, (-1, num_views)).mean(1) for head in heads)
+        logits = logits.float().unflatten(0, (-1, num_views)).mean(1)  # (B, classes): each video's mean logits
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (B, k)
         hits = top.eq(targets[:, None])

@@ -1,0 +1,262 @@
+"""Ingest benchmarks: the Ray Data path against a torch DataLoader doing the same work, and decoder memory.
+
+Both paths run the exact same per-row code (:class:`~fovea.data.clips.DecodeClips` or
+:class:`~fovea.data.transforms.DecodeImages` on the rows of the prepared shards) in the same number of worker
+processes, and deliver uint8 batches to a consumer in this process that does nothing with them, so the
+comparison is of the data machinery alone: Ray Data's streaming read -> ``map_batches`` -> ``iter_torch_batches``
+against a map-style ``Dataset`` over the same Parquet rows with a shuffled ``DataLoader``.
+
+Memory is sampled as the PSS (proportional set size) of this process and all its descendants: Ray's object store
+is shared memory mapped into many processes, and summing their RSS would count it many times over.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+
+class TreeMemory:
+    """Samples the memory of this process and its descendants in a background thread; keeps the peak.
+
+    Use as a context manager; ``peak_mb`` and ``baseline_mb`` (at entry) are in MiB.
+    """
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = self.baseline_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current_mb() -> float:
+        """PSS (RSS where PSS is unavailable) of this process tree, in MiB."""
+        import psutil
+
+        root = psutil.Process()
+        total = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                info = process.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+
+    def __enter__(self) -> TreeMemory:
+        self.baseline_mb = self.peak_mb = self.current_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())
+
+
+@dataclass
+class IngestResult:
+    """Throughput of one ingest path."""
+
+    name: str
+    items: int
+    epoch_seconds: list[float]
+    first_batch_s: float
+    peak_mb: float
+    baseline_mb: float
+
+    @property
+    def items_per_s(self) -> float:
+        """Items per second over all epochs, start-up of each epoch included."""
+        return self.items / max(1e-9, sum(self.epoch_seconds))
+
+    @property
+    def warm_items_per_s(self) -> float:
+        """Items per second over the epochs after the first (which also pays for worker start-up and imports)."""
+        if len(self.epoch_seconds) < 2:
+            return self.items_per_s
+        per_epoch = self.items / len(self.epoch_seconds)
+        return per_epoch * (len(self.epoch_seconds) - 1) / max(1e-9, sum(self.epoch_seconds[1:]))
+
+
+def consume(batches: Iterable[dict[str, torch.Tensor]], key: str) -> tuple[int, float]:
+    """Pull every batch; returns ``(items, seconds to the first batch)``. Touches each batch so nothing is lazy."""
+    start, first, items = time.perf_counter(), None, 0
+    for batch in batches:
+        if first is None:
+            first = time.perf_counter() - start
+        tensor = batch[key]
+        assert tensor.dtype == torch.uint8, tensor.dtype
+        items += tensor.shape[0]
+    return items, first or 0.0
+
+
+def measure(
+    name: str, make_batches: Callable[[], Iterable[dict[str, torch.Tensor]]], key: str, epochs: int
+) -> IngestResult:
+    """Run ``epochs`` passes over ``make_batches()`` under a memory sampler."""
+    seconds, items, first_batch = [], 0, 0.0
+    gc.collect()
+    with TreeMemory() as memory:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            count, first = consume(make_batches(), key)
+            seconds.append(time.perf_counter() - start)
+            items += count
+            if epoch == 0:
+                first_batch = first
+    return IngestResult(name, items, seconds, first_batch, memory.peak_mb, memory.baseline_mb)
+
+
+class ParquetRows(torch.utils.data.Dataset):
+    """Map-style dataset over the rows of Parquet shards, each passed through a one-row ``map_batches`` function.
+
+    The tables are opened lazily in each DataLoader worker (memory-mapped), as a hand-written loader would.
+    """
+
+    def __init__(self, shards: list[str], columns: list[str], decode: Callable[[dict], dict], key: str) -> None:
+        self.shards, self.columns, self.decode, self.key = shards, columns, decode, key
+        self.num_rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
+        self._table = None
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._table is None:
+            import pyarrow as pa
+
+            tables = [pq.read_table(shard, columns=self.columns, memory_map=True) for shard in self.shards]
+            self._table = pa.concat_tables(tables)
+        row = self._table.slice(index, 1).to_pydict()
+        batch = {
+            name: np.asarray(values, dtype=object if isinstance(values[0], bytes) else None)
+            for name, values in row.items()
+        }
+        out = self.decode(batch)
+        if out[self.key].shape[0] == 0:  # a row that does not decode: an empty sample the collate drops
+            return {self.key: torch.empty(0, *out[self.key].shape[1:], dtype=torch.uint8), "label": torch.empty(0)}
+        return {self.key: torch.from_numpy(out[self.key][0]), "label": torch.as_tensor(out["label"][0])}
+
+
+def rss_over_decodes(
+    rows: list[dict], decode: Callable[[dict, int], Any], total: int, every: int = 100
+) -> list[tuple[int, float]]:
+    """Decode ``total`` clips in this process, cycling over ``rows``; ``(decodes, RSS MiB)`` every ``every`` decodes."""
+    import psutil
+
+    process = psutil.Process(os.getpid())
+    samples = [(0, process.memory_info().rss / 2**20)]
+    for count in range(1, total + 1):
+        decode(rows[count % len(rows)], count)
+        if count % every == 0:
+            samples.append((count, process.memory_info().rss / 2**20))
+    return samples
+
+
+def run_benchmark(
+    manifest: dict[str, Any],
+    data_cfg: Any,
+    *,
+    kind: str,
+    img_size: int,
+    workers: int,
+    epochs: int,
+    rss_decodes: int = 0,
+) -> dict[str, Any]:
+    """Time the Ray Data path and the DataLoader baseline over the training split; optionally trace decoder RSS.
+
+    Ray is started here with ``workers`` CPUs (and shut down again); the DataLoader gets ``workers`` processes.
+
+    Returns:
+        ``{"paths": [ray_data, dataloader], "ratio": ray/dataloader items per second over the warm epochs (all
+        but the first), "ratio_all_epochs": the same over every epoch, "rss_trace": [(n, MiB)], "rss_growth_mb":
+        ...}`` (the RSS keys only with ``rss_decodes``).
+    """
+    import ray
+
+    from fovea.data.clips import CLIP_COLUMNS, DecodeClips
+    from fovea.data.stream import (
+        _augment_args,
+        build_image_datasets,
+        build_video_datasets,
+        clip_spec,
+        configure_data_context,
+    )
+    from fovea.data.transforms import DecodeImages
+
+    shards = manifest["splits"]["train"]["shards"]
+    for shard in shards:  # warm the page cache so neither path pays for the first read from disk
+        with open(shard, "rb") as file:
+            while file.read(1 << 24):
+                pass
+    if kind == "video":
+        key, columns = "video", CLIP_COLUMNS
+        spec = clip_spec(data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
+        decode = DecodeClips(
+            spec,
+            train=True,
+            storage=manifest.get("storage", "encoded"),
+            backend=data_cfg.video_backend,
+            decode_threads=data_cfg.decode_threads,
+        )
+    else:
+        key, columns = "image", ["image", "label"]
+        decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        configure_data_context()
+        if kind == "video":
+            train = build_video_datasets(manifest, data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)["train"]
+        else:
+            train = build_image_datasets(manifest, data_cfg, img_size=img_size)["train"]
+        ray_result = measure(
+            "Ray Data",
+            lambda: train.iter_torch_batches(batch_size=data_cfg.batch_size, prefetch_batches=2, device="cpu"),
+            key,
+            epochs,
+        )
+    finally:
+        ray.shutdown()
+
+    rows = ParquetRows(shards, columns, decode, key)
+    loader_result = measure(
+        "DataLoader",
+        lambda: torch.utils.data.DataLoader(
+            rows, batch_size=data_cfg.batch_size, shuffle=True, num_workers=workers, prefetch_factor=2
+        ),
+        key,
+        epochs,
+    )
+    paths = [ray_result, loader_result]
+    results: dict[str, Any] = {
+        "paths": [
+            {**vars(path), "items_per_s": path.items_per_s, "warm_items_per_s": path.warm_items_per_s} for path in paths
+        ],
+        "ratio": ray_result.warm_items_per_s / max(1e-9, loader_result.warm_items_per_s),
+        "ratio_all_epochs": ray_result.items_per_s / max(1e-9, loader_result.items_per_s),
+    }
+    if rss_decodes and kind == "video":
+        table = pq.read_table(shards[0], columns=columns)
+        sample_rows = table.to_pylist()
+        trace = rss_over_decodes(sample_rows, lambda row, count: decode.views(row, count), rss_decodes)
+        results["rss_trace"] = trace
+        after_warmup = next((rss for count, rss in trace if count >= 200), trace[0][1])
+        results["rss_growth_mb"] = trace[-1][1] - after_warmup
+    return results

@@ -3,7 +3,23 @@
 Importing this package registers fovea's models in timm, so ``timm.create_model`` finds them too.
 """
 
-from fovea.models import cvt, tiny  # noqa: F401  (registers CvT and the small presets)
-from fovea.models.factory import check_model_name, count_parameters, create_model, list_models, load_weights
+from fovea.models import c3d, cvt, tiny  # noqa: F401  (registers C3D, CvT and the small presets)
+from fovea.models.factory import (
+    check_model_name,
+    count_parameters,
+    create_model,
+    is_video_model,
+    list_models,
+    load_weights,
+    register_video_model,
+)
 
-__all__ = ["check_model_name", "count_parameters", "create_model", "list_models", "load_weights"]
+__all__ = [
+    "check_model_name",
+    "count_parameters",
+    "create_model",
+    "is_video_model",
+    "list_models",
+    "load_weights",
+    "register_video_model",
+]

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from timm.models import register_model
 from torch import nn
+
+_VIDEO_MODELS: set[str] = set()
+
+
+def register_video_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``timm.models.register_model`` for models that take clips ``(B, C, T, H, W)`` and a ``num_frames`` argument."""
+    _VIDEO_MODELS.add(fn.__name__)
+    return register_model(fn)
+
+
+def is_video_model(name: str) -> bool:
+    """Whether the registered model ``name`` takes video clips (and ``num_frames``) rather than images."""
+    return name in _VIDEO_MODELS
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -24,6 +24,7 @@ class TrainSummary:
     val_top1: float
     val_top5: float
     wall_time_s: float
+    multi_view: dict[str, float] | None
     checkpoint_path: str
     mlflow_run_id: str | None
     tracking_uri: str | None
@@ -35,6 +36,14 @@ class TrainSummary:
         lines = [
             f"run            {self.run_name}",
             f"val top-1      {self.val_top1:.2f}%  (top-5 {self.val_top5:.2f}%) after {self.epochs} epochs",
+        ]
+        if self.multi_view:
+            views = self.multi_view
+            lines.append(
+                f"multi-view     top-1 {views['val_mv_top1']:.2f}%  (top-5 {views['val_mv_top5']:.2f}%) "
+                f"over {int(views['val_views'])} views per video"
+            )
+        lines += [
             f"wall time      {self.wall_time_s:.1f} s",
             f"checkpoint     {self.checkpoint_path}",
             f"dataset        {self.dataset}",
@@ -59,17 +68,28 @@ def check_before_start(cfg: Config) -> None:
         ConfigError: one line naming the field.
     """
     from fovea.data import load_manifest
-    from fovea.models import check_model_name
+    from fovea.models import check_model_name, is_video_model
 
     try:
         check_model_name(cfg.model.name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    video = is_video_model(cfg.model.name)
     if cfg.data.path:
         try:
-            load_manifest(cfg.data.path)
+            kind = load_manifest(cfg.data.path).get("kind", "image")
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"data.path: {err}") from None
+        if (kind == "video") != video:
+            takes = "video clips" if video else "images"
+            raise ConfigError(f"data.path: {cfg.data.path} is a {kind} dataset, but {cfg.model.name} takes {takes}")
+    elif video and cfg.data.hflip > 0:
+        raise ConfigError(
+            "data.hflip: the demo videos' classes include move_left and move_right, mirror images of each other; "
+            "set data.hflip=0"
+        )
+    if video and cfg.distill.type != "none":
+        raise ConfigError("distill.type: distillation is implemented for image models only")
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
         raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
     if cfg.model.pretrained and cfg.model.checkpoint:
@@ -143,24 +163,29 @@ def load_checked_teacher(cfg: Config) -> Any:
 
 def _init_ray(progress_bars: bool = False) -> None:
     import ray
-    from ray.data import DataContext
+
+    from fovea.data.stream import configure_data_context
 
     if not ray.is_initialized():
         # Under `ray job submit` (or with RAY_ADDRESS set) this joins the cluster; otherwise it starts Ray here.
         ray.init(log_to_driver=True)
-    # Ray Data's per-operator bars flood the job log once per epoch; the epoch line says what matters.
-    # Ray Train hands this context to the dataset coordinators on the workers.
-    context = DataContext.get_current()
-    context.enable_progress_bars = progress_bars
-    context.enable_operator_progress_bars = progress_bars
-    context.print_on_execution_start = progress_bars
+    configure_data_context(progress_bars)  # Ray Train hands this context to the dataset coordinators
 
 
 def _dataset_dir(cfg: Config) -> Path:
-    from fovea.data import ensure_demo_images
+    from fovea.data import ensure_demo_images, ensure_demo_videos
+    from fovea.models import is_video_model
 
     if cfg.data.path:
         return Path(cfg.data.path).expanduser().resolve()
+    if is_video_model(cfg.model.name):
+        return ensure_demo_videos(
+            size=cfg.data.demo_video_size,
+            num_frames=cfg.data.demo_video_frames,
+            train_per_class=cfg.data.demo_video_train_per_class,
+            val_per_class=cfg.data.demo_video_val_per_class,
+            seed=0,
+        )
     return ensure_demo_images(
         size=cfg.data.demo_size,
         train_per_class=cfg.data.demo_train_per_class,
@@ -183,7 +208,7 @@ def run_training(cfg: Config) -> TrainSummary:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fovea.data import build_image_datasets, load_manifest
+    from fovea.data import build_image_datasets, build_video_datasets, load_manifest
     from fovea.distill import check_teacher
     from fovea.train.worker import train_worker
 
@@ -191,7 +216,12 @@ def run_training(cfg: Config) -> TrainSummary:
     dataset_dir = _dataset_dir(cfg)
     manifest = load_manifest(dataset_dir)
     classes = manifest["classes"]
-    datasets = build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+    if manifest.get("kind") == "video":
+        datasets = build_video_datasets(
+            manifest, cfg.data, img_size=cfg.model.img_size, num_frames=cfg.data.num_frames, seed=cfg.train.seed
+        )
+    else:
+        datasets = build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
 
     tracking_uri = experiment_id = None
     if cfg.track.enabled:
@@ -236,6 +266,7 @@ def run_training(cfg: Config) -> TrainSummary:
             "run_tags": run_tags,
             "teacher": teacher_ref,
             "teacher_source": teacher_source,
+            "multi_view": "val_views" in datasets,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
@@ -269,6 +300,9 @@ def run_training(cfg: Config) -> TrainSummary:
         val_top1=float(last["val_top1"]),
         val_top5=float(last["val_top5"]),
         wall_time_s=time.time() - started,
+        multi_view={key: last[key] for key in ("val_mv_top1", "val_mv_top5", "val_views")}
+        if "val_mv_top1" in last
+        else None,
         checkpoint_path=result.checkpoint.path,
         mlflow_run_id=run_id,
         tracking_uri=tracking_uri,
@@ -290,15 +324,17 @@ def _log_final_model(
     """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version."""
     import numpy as np
 
-    from fovea.models import count_parameters, create_model
+    from fovea.models import count_parameters, create_model, is_video_model
     from fovea.track import finish_run, log_final_model
     from fovea.train.loop import normalization
 
+    video = is_video_model(cfg.model.name)
     model = create_model(
         cfg.model.name,
         num_classes=len(classes),
         img_size=cfg.model.img_size,
         window_size=cfg.model.window_size,
+        **model_input_args(cfg),
         **cfg.model.kwargs,
     )
     model.load_state_dict(state["model"])
@@ -307,7 +343,14 @@ def _log_final_model(
     registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
     version = None
     if cfg.track.log_model:
-        example = np.zeros((1, 3, cfg.model.img_size, cfg.model.img_size), dtype=np.float32)
+        size = cfg.model.img_size
+        frames = (cfg.data.num_frames,) if video else ()
+        example = np.zeros((1, 3, *frames, size, size), dtype=np.float32)
+        shape = (
+            f"(N, 3, {cfg.data.num_frames}, {size}, {size}) normalised clips"
+            if video
+            else (f"(N, 3, {size}, {size}) normalised images")
+        )
         version = log_final_model(
             tracking_uri,
             run_id,
@@ -326,8 +369,7 @@ def _log_final_model(
             },
             description=(
                 f"{cfg.model.name} trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir}; "
-                f"val top-1 {last['val_top1']:.2f}%. Input: float32 (N, 3, {cfg.model.img_size}, "
-                f"{cfg.model.img_size}) normalised images; output: logits over classes.json."
+                f"val top-1 {last['val_top1']:.2f}%. Input: float32 {shape}; output: logits over classes.json."
             ),
             classes=classes,
             metadata={
@@ -335,11 +377,27 @@ def _log_final_model(
                 "img_size": cfg.model.img_size,
                 "mean": list(mean),
                 "std": list(std),
+                **(
+                    {
+                        "num_frames": cfg.data.num_frames,
+                        "frame_interval": cfg.data.frame_interval,
+                        "sampling": cfg.data.sampling,
+                    }
+                    if video
+                    else {}
+                ),
             },
             alias=cfg.track.alias,
         )
     finish_run(tracking_uri, run_id)
     return registered_name, version
+
+
+def model_input_args(cfg: Config) -> dict[str, Any]:
+    """Constructor arguments a model takes from the data config: ``num_frames`` for video models."""
+    from fovea.models import is_video_model
+
+    return {"num_frames": cfg.data.num_frames} if is_video_model(cfg.model.name) else {}
 
 
 def job_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from fovea.train.loop import (
     train_one_epoch,
     unwrap,
 )
+from fovea.train.trainer import model_input_args
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -74,6 +75,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         window_size=cfg.model.window_size,
         drop_rate=cfg.model.drop_rate,
         drop_path_rate=cfg.model.drop_path_rate,
+        **model_input_args(cfg),
         **cfg.model.kwargs,
     ).to(device)
     mean, std = normalization(model, cfg.data)
@@ -159,6 +161,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
         )
 
+    num_views = cfg.data.num_temporal_clips * cfg.data.num_spatial_crops
+    views_shard = ray.train.get_dataset_shard("val_views") if loop_config.get("multi_view") else None
+
     if teacher is not None and checkpoint is None:
         # the teacher's own score on this val split: a student can hardly beat a teacher that cannot classify
         teacher_val = evaluate(teacher, val_batches(), normalize=normalize, device=device, precision="fp32")
@@ -221,6 +226,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if ema is not None:
                 ema_val = evaluate(ema.module, val_batches(), normalize=normalize, device=device)
                 metrics["val_top1_ema"] = ema_val["top1"]
+            if views_shard is not None and epoch + 1 == cfg.train.epochs:
+                # multi-view testing (every view of a video, logits averaged) once, on the final weights
+                views = evaluate(
+                    model,
+                    views_shard.iter_torch_batches(batch_size=max(1, eval_batch_size // num_views), device="cpu"),
+                    normalize=normalize,
+                    device=device,
+                    precision=cfg.train.precision,
+                )
+                metrics.update(val_mv_top1=views["top1"], val_mv_top5=views["top5"], val_views=num_views)
             history.append(metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=epoch + 1)
@@ -297,4 +312,7 @@ def format_progress(metrics: dict[str, float], epochs: int) -> str:
         line += f" (cls head {metrics['val_top1_cls']:.2f}%, dist head {metrics['val_top1_dist']:.2f}%)"
     if "val_top1_ema" in metrics:
         line += f" (EMA top-1 {metrics['val_top1_ema']:.2f}%)"
+    if "val_mv_top1" in metrics:
+        views = int(metrics["val_views"])
+        line += f" | {views}-view top-1 {metrics['val_mv_top1']:.2f}% top-5 {metrics['val_mv_top5']:.2f}%"
     return line + f" | {metrics['samples_per_sec']:.0f} samples/s | {metrics['epoch_time_s']:.1f} s"

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fovea.data import prepare_images
+    from fovea.data.manifest import describe_manifest
 
     start = time.perf_counter()
     try:
@@ -60,12 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(f"prepared {args.out} in {time.perf_counter() - start:.1f} s")
-    print(f"classes ({len(manifest['classes'])}): {', '.join(manifest['classes'])}")
-    for name, split in manifest["splits"].items():
-        print(f"{name}: {split['count']} images in {len(split['shards'])} shard(s)")
-    print(f"rejected: {len(manifest['rejected'])}")
-    for entry in manifest["rejected"]:
-        print(f"  {entry['path']}: {entry['reason']}")
+    print(describe_manifest(manifest))
     return 0
 
 

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fovea.data import prepare_videos
+    from fovea.data.manifest import describe_manifest
 
     storage = "reference" if args.by_reference else "decoded" if args.pre_decode else "encoded"
     start = time.perf_counter()
@@ -80,14 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(f"prepared {args.out} ({storage} videos) in {time.perf_counter() - start:.1f} s")
-    print(f"classes ({len(manifest['classes'])}): {', '.join(manifest['classes'])}")
-    for name, split in manifest["splits"].items():
-        print(f"{name}: {split['count']} videos in {len(split['shards'])} shard(s)")
-    for key, label in (("notes", "kept with a note"), ("rejected", "rejected")):
-        entries = manifest.get(key, [])
-        print(f"{label}: {len(entries)}")
-        for entry in entries:
-            print(f"  {entry['path']}: {entry.get('reason') or entry.get('note')}")
+    print(describe_manifest(manifest))
     return 0
 
 

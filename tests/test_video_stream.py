@@ -191,3 +191,23 @@ def test_decoder_memory_stays_flat(video_rows):
     assert [count for count, _ in trace] == [0, 100, 200, 300, 400, 500, 600]
     growth = trace[-1][1] - trace[1][1]  # after the first 100 decodes have warmed the allocators
     assert growth < 16, trace  # MiB; a reader kept alive per clip would add megabytes every hundred decodes
+
+
+def test_ingest_benchmark_runs_both_paths_over_every_row(ray_local, video_rows, tmp_path):
+    from fovea.data.bench import run_benchmark
+
+    raw = tmp_path / "raw"
+    for index, path in enumerate(video_rows["encoded"]["path"]):
+        (raw / f"c{index % 2}").mkdir(parents=True, exist_ok=True)
+        (raw / f"c{index % 2}" / f"{index}.mp4").write_bytes(open(path, "rb").read())
+    manifest = prepare_videos(raw, tmp_path / "prepared", val_fraction=0.34, shard_rows=2)
+    cfg = DataConfig(num_frames=4, frame_interval=2, batch_size=2, decode_batch_size=2)
+    results = run_benchmark(manifest, cfg, kind="video", img_size=32, workers=2, epochs=2, rss_decodes=200)
+    ray_data, loader = results["paths"]
+    train_rows = manifest["splits"]["train"]["count"]
+    assert (ray_data["name"], loader["name"]) == ("Ray Data", "DataLoader")
+    assert ray_data["items"] == loader["items"] == 2 * train_rows
+    assert results["ratio"] == pytest.approx(ray_data["warm_items_per_s"] / loader["warm_items_per_s"])
+    assert ray_data["peak_mb"] >= ray_data["baseline_mb"] > 0
+    assert [count for count, _ in results["rss_trace"]] == [0, 100, 200]
+    assert results["rss_growth_mb"] == results["rss_trace"][-1][1] - results["rss_trace"][2][1]

@@ -137,7 +137,7 @@ class ParquetRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_rows
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         if self._table is None:
             import pyarrow as pa
 
@@ -149,9 +149,14 @@ class ParquetRows(torch.utils.data.Dataset):
             for name, values in row.items()
         }
         out = self.decode(batch)
-        if out[self.key].shape[0] == 0:  # a row that does not decode: an empty sample the collate drops
-            return {self.key: torch.empty(0, *out[self.key].shape[1:], dtype=torch.uint8), "label": torch.empty(0)}
+        if out[self.key].shape[0] == 0:  # a row that no longer decodes: skipped, as the Ray path skips it
+            return None
         return {self.key: torch.from_numpy(out[self.key][0]), "label": torch.as_tensor(out["label"][0])}
+
+
+def collate_decoded(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+    """``default_collate`` over the items that decoded (``ParquetRows`` returns None for the others)."""
+    return torch.utils.data.default_collate([item for item in items if item is not None])
 
 
 def rss_over_decodes(
@@ -181,7 +186,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time the Ray Data path and the DataLoader baseline over the training split; optionally trace decoder RSS.
 
-    Ray is started here with ``workers`` CPUs (and shut down again); the DataLoader gets ``workers`` processes.
+    Ray is started here with ``workers`` CPUs and shut down again (a Ray already running is used as it is); the
+    DataLoader gets ``workers`` processes.
 
     Returns:
         ``{"paths": [ray_data, dataloader], "ratio": ray/dataloader items per second over the warm epochs (all
@@ -219,7 +225,9 @@ def run_benchmark(
         key, columns = "image", ["image", "label"]
         decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         configure_data_context()
         if kind == "video":
@@ -233,13 +241,19 @@ def run_benchmark(
             epochs,
         )
     finally:
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
 
     rows = ParquetRows(shards, columns, decode, key)
     loader_result = measure(
         "DataLoader",
         lambda: torch.utils.data.DataLoader(
-            rows, batch_size=data_cfg.batch_size, shuffle=True, num_workers=workers, prefetch_factor=2
+            rows,
+            batch_size=data_cfg.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            prefetch_factor=2,
+            collate_fn=collate_decoded,
         ),
         key,
         epochs,

@@ -98,7 +98,7 @@ class ClipSpec:
         )
 
 
-def _resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
+def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
     """``(T, C, H, W)`` uint8 resized so its shorter side is ``short`` (bilinear, antialiased, aspect kept)."""
     height, width = clip.shape[-2:]
     factor = short / min(height, width)
@@ -112,7 +112,7 @@ def train_clip(frames: np.ndarray, spec: ClipSpec, rng: np.random.Generator) -> 
     """One augmented training clip: frames ``(T, H, W, 3)`` to uint8 ``(3, T, S, S)``, one transform for all frames."""
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W): the frames are a batch to torchvision
     short = max(spec.img_size, round(spec.img_size * rng.uniform(*spec.scale)))
-    clip = _resize_short_side(clip, short)
+    clip = resize_short_side(clip, short)
     height, width = clip.shape[-2:]
     top = int(rng.integers(0, height - spec.img_size + 1))
     left = int(rng.integers(0, width - spec.img_size + 1))
@@ -126,7 +126,7 @@ def eval_crops(frames: np.ndarray, spec: ClipSpec) -> list[np.ndarray]:
     """The evaluation crops of one clip: ``num_spatial_crops`` uint8 ``(3, T, S, S)`` squares along the long side."""
     size = spec.img_size
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    clip = _resize_short_side(clip, max(size, int(size / spec.crop_pct)))
+    clip = resize_short_side(clip, max(size, int(size / spec.crop_pct)))
     height, width = clip.shape[-2:]
     crops = []
     for index in range(spec.num_spatial_crops):

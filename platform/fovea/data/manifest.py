@@ -112,6 +112,21 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return target
 
 
+def describe_manifest(manifest: dict[str, Any]) -> str:
+    """A prepared dataset in a few lines: classes, each split's rows and shards, notes and rejected files."""
+    unit = "videos" if manifest.get("kind") == "video" else "images"
+    lines = [f"classes ({len(manifest['classes'])}): {', '.join(manifest['classes'])}"]
+    for name, split in manifest["splits"].items():
+        lines.append(f"{name}: {split['count']} {unit} in {len(split['shards'])} shard(s)")
+    sections = (("notes", "kept with a note", "note"), ("rejected", "rejected", "reason"))
+    for key, label, field in sections:
+        if key not in manifest:
+            continue
+        lines.append(f"{label}: {len(manifest[key])}")
+        lines.extend(f"  {entry['path']}: {entry[field]}" for entry in manifest[key])
+    return "\n".join(lines)
+
+
 def _relative_to(shard: str, root: Path) -> str:
     """``shard`` relative to ``root`` (POSIX separators) when it lies inside it, unchanged otherwise."""
     path = Path(shard)

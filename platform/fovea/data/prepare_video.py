@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from fovea.data.clips import STORAGES
 from fovea.data.prepare import _one_line, check_output_dir, run_preparation, scan_source
 from fovea.data.video import BadVideo, decode_frames, probe_video, read_bytes
 
-STORAGES = ("encoded", "reference", "decoded")
 TOO_SHORT = ("pad", "reject")
 
 # What read_and_check_videos returns: one row per input item, rejected ones included (``error`` set).
@@ -111,7 +111,7 @@ def _pre_decode(data: bytes, start_frame: int, num_frames: int, *, size: int, ke
     """Decode a video's frames (or ``keep_frames`` evenly spread ones) with the short side shrunk to ``size``."""
     import torch
 
-    from fovea.data.clips import _resize_short_side
+    from fovea.data.clips import resize_short_side
     from fovea.data.sampling import segment_indices
 
     if 0 < keep_frames < num_frames:
@@ -121,7 +121,7 @@ def _pre_decode(data: bytes, start_frame: int, num_frames: int, *, size: int, ke
     frames = decode_frames(data, indices + start_frame)  # (T, H, W, 3)
     height, width = frames.shape[1:3]
     if min(height, width) > size:
-        clip = _resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # (T, 3, h, w)
+        clip = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # (T, 3, h, w)
         frames = clip.permute(0, 2, 3, 1).contiguous().numpy()
     return {
         "video": frames.tobytes(),

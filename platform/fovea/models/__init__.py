@@ -3,7 +3,7 @@
 Importing this package registers fovea's models in timm, so ``timm.create_model`` finds them too.
 """
 
-from fovea.models import c3d, cvt, timesformer, tiny, vivit  # noqa: F401  (registers every family)
+from fovea.models import c3d, cvt, mvit, timesformer, tiny, vivit  # noqa: F401  (registers every family)
 from fovea.models.factory import (
     check_model_name,
     count_parameters,

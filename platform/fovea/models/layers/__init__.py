@@ -2,5 +2,6 @@
 
 from fovea.models.layers.attention import Attention, Block
 from fovea.models.layers.embed import TubeletEmbed, inflate_patch_weight, resize_pos_grid
+from fovea.models.layers.pooling_attention import PoolingAttention
 
-__all__ = ["Attention", "Block", "TubeletEmbed", "inflate_patch_weight", "resize_pos_grid"]
+__all__ = ["Attention", "Block", "PoolingAttention", "TubeletEmbed", "inflate_patch_weight", "resize_pos_grid"]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from fovea.config import Config, ConfigError, build_config, describe_fields, parse_job_args, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = ["vit", "deit", "swin"]
+JOBS = ["vit", "deit", "swin", "cvt", "vivit", "timesformer", "mvit"]
 
 
 def test_defaults_are_valid_and_frozen():

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from fovea.models.factory import register_video_model
+from fovea.models.layers import init_transformer_weights
 from fovea.models.layers.pooling_attention import PoolingAttention, Shape3
 
 __all__ = ["MViT", "MViTCfg"]
@@ -202,13 +203,8 @@ class MViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for param in (self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class, self.cls_token):
-            trunc_normal_(param, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        embeddings = (self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class, self.cls_token)
+        init_transformer_weights(self, embeddings)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

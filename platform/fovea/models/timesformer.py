@@ -24,12 +24,19 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from fovea.models.factory import register_video_model
-from fovea.models.layers import Attention, Block, TubeletEmbed, inflate_patch_weight, resize_pos_grid
+from fovea.models.layers import (
+    Attention,
+    Block,
+    TubeletEmbed,
+    inflate_patch_weight,
+    init_transformer_weights,
+    resize_pos_grid,
+)
 
 __all__ = ["TimeSformer", "ATTENTIONS"]
 
@@ -135,14 +142,7 @@ class TimeSformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        trunc_normal_(self.pos_embed, std=0.02)
-        trunc_normal_(self.cls_token, std=0.02)
-        trunc_normal_(self.time_embed, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_transformer_weights(self, (self.pos_embed, self.cls_token, self.time_embed))
         for block in self.blocks:
             if isinstance(block, DividedSpaceTimeBlock):  # the temporal branch starts silent
                 nn.init.zeros_(block.temporal_fc.weight)

@@ -29,12 +29,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from fovea.models.factory import register_video_model
-from fovea.models.layers import Attention, Block, TubeletEmbed, inflate_patch_weight, resize_pos_grid
+from fovea.models.layers import (
+    Attention,
+    Block,
+    TubeletEmbed,
+    inflate_patch_weight,
+    init_transformer_weights,
+    resize_pos_grid,
+)
 
 __all__ = ["ViViT", "VARIANTS"]
 
@@ -193,14 +200,8 @@ class ViViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for name, param in self.named_parameters():
-            if name.endswith(("pos_embed", "cls_token")):
-                trunc_normal_(param, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        embeddings = (param for name, param in self.named_parameters() if name.endswith(("pos_embed", "cls_token")))
+        init_transformer_weights(self, embeddings)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

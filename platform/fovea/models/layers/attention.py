@@ -7,9 +7,11 @@ weights. SDPA picks the flash or memory-efficient kernel on a GPU and the fused 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 
@@ -79,3 +81,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def init_transformer_weights(model: nn.Module, embeddings: Iterable[nn.Parameter]) -> None:
+    """ViT's initialisation: truncated normal (std 0.02) for the embeddings and every linear weight, zero biases."""
+    for param in embeddings:
+        trunc_normal_(param, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

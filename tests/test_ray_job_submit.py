@@ -55,5 +55,6 @@ def test_submitted_smoke_job_trains_and_registers(ray_head, tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "succeeded" in output and "registered     mvit_micro_8x4 version 1" in output, output[-3000:]
     assert (tmp_path / "home" / "datasets").is_dir()  # the demo set was made where the job was told
-    versions = MlflowClient(tracking).search_model_versions("name='mvit_micro_8x4'")
+    # registry_uri too: other tests in this process may have pointed MLflow's global registry elsewhere
+    versions = MlflowClient(tracking, registry_uri=tracking).search_model_versions("name='mvit_micro_8x4'")
     assert [str(version.version) for version in versions] == ["1"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates
+from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -43,8 +43,12 @@ __all__ = ["TimeSformer", "ATTENTIONS"]
 ATTENTIONS = ("divided", "joint", "space")
 
 
-class DividedSpaceTimeBlock(nn.Module):
-    """Temporal attention, then spatial attention (with the CLS copied into every frame), then the MLP."""
+class DividedSpaceTimeBlock(Block):
+    """Temporal attention, then spatial attention (with the CLS copied into every frame), then the MLP.
+
+    ViT's block (its attention is the spatial one) with a temporal branch in front: a norm, an attention and an
+    output layer ``temporal_fc`` that starts at zero.
+    """
 
     def __init__(
         self,
@@ -56,31 +60,26 @@ class DividedSpaceTimeBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path)
         self.temporal_norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.temporal_fc = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``cls`` ``(B, 1, D)`` and ``patches`` ``(B, T, N, D)`` through one block."""
         across_time = patches.transpose(1, 2)  # (B, N, T, D): each position's patches over time
         temporal = self.temporal_fc(self.temporal_attn(self.temporal_norm1(across_time)))
-        patches = patches + self.drop_path(temporal).transpose(1, 2)
+        patches = patches + self.drop_path1(temporal).transpose(1, 2)
 
         frames = patches.shape[1]
         tokens = torch.cat([cls.unsqueeze(1).expand(-1, frames, -1, -1), patches], dim=2)  # (B, T, 1 + N, D)
         spatial = self.attn(self.norm1(tokens))
-        cls = cls + self.drop_path(spatial[:, :, 0].mean(dim=1, keepdim=True))  # the frames' CLS updates, averaged
-        patches = patches + self.drop_path(spatial[:, :, 1:])
+        cls = cls + self.drop_path1(spatial[:, :, 0].mean(dim=1, keepdim=True))  # the frames' CLS updates, averaged
+        patches = patches + self.drop_path1(spatial[:, :, 1:])
 
         batch, _, num_patches, dim = patches.shape
         tokens = torch.cat([cls, patches.reshape(batch, frames * num_patches, dim)], dim=1)
-        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        tokens = tokens + self.drop_path2(self.mlp(self.norm2(tokens)))
         return tokens[:, :1], tokens[:, 1:].view(batch, frames, num_patches, dim)
 
 

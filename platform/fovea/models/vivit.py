@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates
+from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
@@ -48,11 +48,12 @@ __all__ = ["ViViT", "VARIANTS"]
 VARIANTS = ("joint", "fe", "fsa", "fdp")
 
 
-class FactorisedSelfAttentionBlock(nn.Module):
+class FactorisedSelfAttentionBlock(Block):
     """Model 3's block: attention within each time step, then along time at each position, then the MLP.
 
-    Tokens are ``(B, T', N, D)``. The temporal attention's output projection starts at zero (when built for
-    image-weight initialisation) so the block first behaves as the spatial (image) block.
+    Tokens are ``(B, T', N, D)``. It is ViT's block (whose attention here is the spatial one) with a temporal
+    attention and its norm added; starting from image weights, the temporal output projection is zero so the block
+    first behaves as the image block.
     """
 
     def __init__(
@@ -65,21 +66,16 @@ class FactorisedSelfAttentionBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)  # spatial
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path)
         self.norm_temporal = nn.LayerNorm(dim, eps=1e-6)
         self.attn_temporal = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))  # over N within each time step
+        x = x + self.drop_path1(self.attn(self.norm1(x)))  # over N within each time step
         across_time = x.transpose(1, 2)  # (B, N, T', D): attend over T' at each position
-        across_time = across_time + self.drop_path(self.attn_temporal(self.norm_temporal(across_time)))
+        across_time = across_time + self.drop_path1(self.attn_temporal(self.norm_temporal(across_time)))
         x = across_time.transpose(1, 2)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class FactorisedDotProductAttention(Attention):

@@ -34,6 +34,8 @@ DEMO_ACTIONS = (
     "shrink",
 )
 _SUPERSAMPLE = 2
+# bumped whenever the drawing changes, so a cached set in FOVEA_HOME from an older generator is not reused
+DEMO_VIDEO_VERSION = 2
 # shapes whose orientation is visible (no circles or squares that look the same after a quarter turn)
 _ARROW = np.array([[0.0, -1.0], [0.7, 0.0], [0.25, 0.0], [0.25, 1.0], [-0.25, 1.0], [-0.25, 0.0], [-0.7, 0.0]])
 _KITE = np.array([[0.0, -1.0], [0.55, 0.15], [0.0, 0.6], [-0.55, 0.15]])
@@ -55,7 +57,7 @@ def _object_shape(rng: np.random.Generator) -> np.ndarray:
 def _motion(action: str, rng: np.random.Generator, size: float, num_frames: int) -> dict[str, np.ndarray]:
     """Per-frame centre ``(T, 2)``, angle ``(T,)`` and radius ``(T,)`` of the object, in supersampled pixels."""
     t = np.arange(num_frames, dtype=np.float64)
-    radius0 = size * rng.uniform(0.12, 0.2)
+    radius0 = size * rng.uniform(0.2, 0.3)  # large enough to read at 32 px (see RESULTS.md)
     angle0 = rng.uniform(0, 2 * np.pi)
     # a little wobble everywhere, so "not moving" and "not rotating" are never exactly still
     wobble_angle = rng.uniform(-0.01, 0.01) * t
@@ -63,7 +65,7 @@ def _motion(action: str, rng: np.random.Generator, size: float, num_frames: int)
     angle = angle0 + wobble_angle
     direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
     if action in direction:
-        travel = size * rng.uniform(0.3, 0.5)  # the whole clip covers 30-50% of the frame
+        travel = size * rng.uniform(0.25, 0.4)  # the whole clip covers 25-40% of the frame
         step = np.array(direction[action], dtype=np.float64) * travel / max(1, num_frames - 1)
         start_low, start_high = radius0 + 1, size - radius0 - 1
         start = rng.uniform(start_low, start_high, size=2)
@@ -86,7 +88,7 @@ def _motion(action: str, rng: np.random.Generator, size: float, num_frames: int)
         else:
             factor = rng.uniform(1.6, 2.2)
             ratio = factor ** (t / max(1, num_frames - 1))  # geometric growth from 1 to factor
-            small = size * rng.uniform(0.09, 0.12)
+            small = size * rng.uniform(0.13, 0.18)
             radius = small * ratio if action == "grow" else small * factor / ratio
     return {"centre": centre, "angle": angle, "radius": radius}
 
@@ -198,7 +200,7 @@ def ensure_demo_videos(
     """
     from fovea.data.prepare_video import prepare_videos
 
-    name = f"demo-videos-s{size}-f{num_frames}-n{train_per_class}-{val_per_class}-seed{seed}"
+    name = f"demo-videos-v{DEMO_VIDEO_VERSION}-s{size}-f{num_frames}-n{train_per_class}-{val_per_class}-seed{seed}"
     return ensure_prepared(
         fovea_home() / "datasets" / name,
         "video",

@@ -13,10 +13,11 @@ from fovea.models import count_parameters, create_model, is_video_model
 SCHEMES = ("divided", "joint", "space")
 
 
-@pytest.mark.parametrize("attention", SCHEMES)
-def test_micro_models_take_clips_and_care_about_frame_order(attention):
+@pytest.mark.parametrize(
+    "name", [f"timesformer_micro_{attention}" for attention in SCHEMES] + ["timesformer_micro_convstem_divided"]
+)
+def test_micro_models_take_clips_and_care_about_frame_order(name):
     torch.manual_seed(0)
-    name = f"timesformer_micro_{attention}"
     assert is_video_model(name)
     model = create_model(name, num_classes=5, num_frames=4, img_size=32).eval()
     clips = torch.randn(2, 3, 4, 32, 32)

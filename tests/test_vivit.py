@@ -18,10 +18,9 @@ KINDS = ("joint", "fe", "fsa", "fdp")
 PAPER_MACS = {"joint": 455e9, "fe": 284e9, "fsa": 372e9, "fdp": 277e9}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_micro_models_take_clips_and_care_about_frame_order(kind):
+@pytest.mark.parametrize("name", [f"vivit_micro_{kind}" for kind in KINDS] + ["vivit_micro_convstem_fe"])
+def test_micro_models_take_clips_and_care_about_frame_order(name):
     torch.manual_seed(0)
-    name = f"vivit_micro_{kind}"
     assert is_video_model(name)
     model = create_model(name, num_classes=5, num_frames=8, img_size=32).eval()
     clips = torch.randn(2, 3, 8, 32, 32)
@@ -97,3 +96,17 @@ def test_factorised_encoder_sees_each_frame_as_the_image_model_does(vit_file):
         # central-frame tubelets embed frames 1, 3, 5, ...: the spatial encoder is the ViT on those frames
         images = vit.forward_features(clips[0, :, 1::2].transpose(0, 1))[:, 0]  # (8, D)
     assert torch.allclose(per_step, images, atol=1e-5)
+
+
+def test_conv_stem_keeps_the_token_grid_and_skips_image_patch_weights(vit_file):
+    plain = create_model("vivit_micro_fe", num_classes=4, num_frames=8)
+    stem = create_model("vivit_micro_convstem_fe", num_classes=4)
+    assert stem.patch_embed.grid == plain.patch_embed.grid == (4, 8, 8)
+    assert [m.stride for m in stem.patch_embed.stem if isinstance(m, torch.nn.Conv3d)] == [(1, 2, 2), (2, 2, 2)]
+    with pytest.raises(ValueError, match="gives patch size 4, not 8"):
+        create_model("vivit_micro_convstem_fe", num_classes=4, patch_size=8)
+    # 2D ViT weights: everything but the patch projection loads; the stem keeps its own initialisation
+    vit, path = vit_file
+    loaded = create_model("vivit_micro_convstem_fe", num_classes=4, checkpoint=path)
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+    assert loaded.patch_embed.proj.weight.shape == (96, 64, 1, 1, 1)

@@ -12,6 +12,13 @@ class TubeletEmbed(nn.Module):
 
     ``(B, C, T, H, W)`` becomes ``(B, T', H'*W', D)`` with ``T' = T / tubelet_size`` and ``H' = H / patch_size``:
     tokens grouped by time step, so spatial and temporal attention can be had by arranging them.
+
+    With ``stem_widths`` the linear tubelet projection is replaced by a small 3D convolutional stem with the same
+    overall stride: one ``3x3x3`` conv + BatchNorm + ReLU per width, each halving H and W (the last one also
+    strides time by ``tubelet_size``), then a ``1x1x1`` projection to ``embed_dim``, so ``patch_size`` must be
+    ``2 ** len(stem_widths)``. This is the video form of the early-convolution stem of Xiao et al. 2021 ("Early
+    Convolutions Help Transformers See Better") that the image demo presets use: on the small demo video set a
+    patchify ViViT or TimeSformer does not leave chance level in a CPU budget, the stem one does (RESULTS.md).
     """
 
     def __init__(
@@ -22,6 +29,7 @@ class TubeletEmbed(nn.Module):
         tubelet_size: int = 2,
         in_chans: int = 3,
         embed_dim: int = 768,
+        stem_widths: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         if num_frames % tubelet_size or img_size % patch_size:
@@ -31,8 +39,13 @@ class TubeletEmbed(nn.Module):
             )
         self.tubelet_size, self.patch_size = tubelet_size, patch_size
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)  # (T', H', W')
-        kernel = (tubelet_size, patch_size, patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+        self.kernel = (tubelet_size, patch_size, patch_size)
+        self.has_stem = bool(stem_widths)
+        self.stem = conv_stem_3d(in_chans, stem_widths, tubelet_size, patch_size) if stem_widths else nn.Identity()
+        if stem_widths:
+            self.proj = nn.Conv3d(stem_widths[-1], embed_dim, kernel_size=1)
+        else:
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.kernel, stride=self.kernel)
 
     @property
     def num_patches(self) -> int:
@@ -40,14 +53,30 @@ class TubeletEmbed(nn.Module):
         return self.grid[1] * self.grid[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[2:]) != tuple(g * s for g, s in zip(self.grid, self.proj.kernel_size, strict=True)):
+        if tuple(x.shape[2:]) != self.input_size:
             raise ValueError(f"expected clips (B, C, T, H, W) with T, H, W = {self.input_size}, got {tuple(x.shape)}")
-        x = self.proj(x)  # (B, D, T', H', W')
+        x = self.proj(self.stem(x))  # (B, D, T', H', W')
         return x.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'*W', D)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return tuple(g * s for g, s in zip(self.grid, self.proj.kernel_size, strict=True))
+        return tuple(g * s for g, s in zip(self.grid, self.kernel, strict=True))
+
+
+def conv_stem_3d(in_chans: int, widths: tuple[int, ...], tubelet_size: int, patch_size: int) -> nn.Sequential:
+    """``3x3x3`` conv + BatchNorm + ReLU per width, each with spatial stride 2; the last one strides time too."""
+    if patch_size != 2 ** len(widths) or tubelet_size > 3:
+        raise ValueError(
+            f"a conv stem of {len(widths)} layers gives patch size {2 ** len(widths)}, not {patch_size}, "
+            f"and strides time by at most 3 (tubelet_size {tubelet_size})"
+        )
+    layers: list[nn.Module] = []
+    for index, width in enumerate(widths):
+        stride = (tubelet_size if index == len(widths) - 1 else 1, 2, 2)
+        layers += [nn.Conv3d(in_chans, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(width)]
+        layers.append(nn.ReLU(inplace=True))
+        in_chans = width
+    return nn.Sequential(*layers)
 
 
 def inflate_patch_weight(weight: torch.Tensor, tubelet_size: int, method: str = "central") -> torch.Tensor:

@@ -66,8 +66,9 @@ def _motion(action: str, rng: np.random.Generator, size: float, num_frames: int)
     direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
     if action in direction:
         travel = size * rng.uniform(0.25, 0.4)  # the whole clip covers 25-40% of the frame
-        step = np.array(direction[action], dtype=np.float64) * travel / max(1, num_frames - 1)
         start_low, start_high = radius0 + 1, size - radius0 - 1
+        travel = min(travel, 0.999 * (start_high - start_low))  # a large object has less room: it stays inside
+        step = np.array(direction[action], dtype=np.float64) * travel / max(1, num_frames - 1)
         start = rng.uniform(start_low, start_high, size=2)
         axis = 0 if step[0] else 1
         # start far enough from the edge the object moves towards

@@ -99,14 +99,19 @@ def test_factorised_encoder_sees_each_frame_as_the_image_model_does(vit_file):
 
 
 def test_conv_stem_keeps_the_token_grid_and_skips_image_patch_weights(vit_file):
-    plain = create_model("vivit_micro_fe", num_classes=4, num_frames=8)
+    plain = create_model("vivit_micro_fe", num_classes=4, num_frames=8, patch_size=8, tubelet_size=1)
     stem = create_model("vivit_micro_convstem_fe", num_classes=4)
-    assert stem.patch_embed.grid == plain.patch_embed.grid == (4, 8, 8)
-    assert [m.stride for m in stem.patch_embed.stem if isinstance(m, torch.nn.Conv3d)] == [(1, 2, 2), (2, 2, 2)]
-    with pytest.raises(ValueError, match="gives patch size 4, not 8"):
-        create_model("vivit_micro_convstem_fe", num_classes=4, patch_size=8)
+    assert stem.patch_embed.grid == plain.patch_embed.grid == (8, 4, 4)
+    assert [m.stride for m in stem.patch_embed.stem if isinstance(m, torch.nn.Conv3d)] == [(1, 2, 2)] * 3
+    two_layer = create_model(
+        "vivit_micro_convstem_fe", num_classes=4, patch_size=4, stem_widths=(8, 16), tubelet_size=2
+    )
+    assert [m.stride for m in two_layer.patch_embed.stem if isinstance(m, torch.nn.Conv3d)] == [(1, 2, 2), (2, 2, 2)]
+    assert two_layer(torch.randn(1, 3, 8, 32, 32)).shape == (1, 4)
+    with pytest.raises(ValueError, match="gives patch size 8, not 4"):
+        create_model("vivit_micro_convstem_fe", num_classes=4, patch_size=4)
     # 2D ViT weights: everything but the patch projection loads; the stem keeps its own initialisation
     vit, path = vit_file
     loaded = create_model("vivit_micro_convstem_fe", num_classes=4, checkpoint=path)
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
-    assert loaded.patch_embed.proj.weight.shape == (96, 64, 1, 1, 1)
+    assert loaded.patch_embed.proj.weight.shape == (96, 64, 1, 1, 1)  # the stem's 1x1x1 projection

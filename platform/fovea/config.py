@@ -160,6 +160,48 @@ class TrackConfig(_Section):
     log_every_steps: int = Field(10, ge=1, description="per-step loss is sampled every N steps, sent per epoch")
 
 
+class TuneSection(_Section):
+    """A Ray Tune sweep (``jobs/tune_*.py``); training jobs ignore it."""
+
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="search space: dotted config path -> distribution, e.g. distill.tau: uniform(1, 10) "
+        "(choice, grid, uniform, loguniform, randint, quniform, qloguniform, qrandint)",
+    )
+    name: str = Field("", description="sweep name; rerunning the same name resumes it ('' = job + timestamp)")
+    metric: str = Field("val_top1", description="the per-epoch metric trials are compared on")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise tune.metric")
+    search: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random: sample tune.num_samples configs (grid() paths crossed); grid: every combination of "
+        "choice/grid paths once; optuna: Optuna TPE",
+    )
+    num_samples: int = Field(4, ge=1, description="trials (random, optuna) or repeats of the grid (random)")
+    scheduler: Literal["asha", "fifo", "pbt"] = Field(
+        "asha", description="asha: stop weak trials early; fifo: run all to the end; pbt: population based training"
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial gets before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep the top 1/reduction_factor at each rung")
+    perturbation_interval: int = Field(2, ge=1, description="PBT: epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="PBT: bottom fraction that copies the top")
+    max_concurrent_trials: int = Field(
+        0, ge=0, description="trials at once (0 = as many as the cluster's CPUs/GPUs fit, see README)"
+    )
+    seed: int | None = Field(None, description="seed of the search algorithm (None = tune.seed from train.seed)")
+    register_best: bool = Field(True, description="register the best trial's model in the MLflow registry")
+    champion_alias: str = Field("champion", description="alias the best model may take ('' = never alias)")
+    promote: Literal["if_better", "always", "never"] = Field(
+        "if_better",
+        description="move champion_alias to the best model: if it beats the current champion on the same dataset, "
+        "always, or never",
+    )
+    bootstrap_teacher: str = Field(
+        "",
+        description="when distill.teacher is models:/NAME@ALIAS and the registry lacks it, first train and register it "
+        "with this train_vit preset on the sweep's data, e.g. teacher ('' = off: a missing teacher is an error)",
+    )
+
+
 class ScalingSection(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
     use_gpu: bool = Field(False, description="one GPU per worker")
@@ -177,6 +219,7 @@ class Config(_Section):
     distill: DistillConfig = DistillConfig()
     track: TrackConfig = TrackConfig()
     scaling: ScalingSection = ScalingSection()
+    tune: TuneSection = TuneSection()
 
     def run_name(self) -> str:
         """The run's name: ``train.name`` or a fresh ``<model>-<timestamp>``."""
@@ -191,20 +234,30 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (dotted path first)."""
 
 
+FREE_FORM_FIELDS = ("model.kwargs", "tune.space")  # dict-valued fields whose keys are data, not config fields
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts to ``{"a.b.c": leaf}``; dict-valued free-form fields (``model.kwargs``) stay one leaf."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and not path.endswith("kwargs"):
+        if isinstance(value, dict) and value and path not in FREE_FORM_FIELDS:
             flat.update(flatten(value, path + "."))
         else:
             flat[path] = value
     return flat
 
 
-def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
+def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``tree["a"]["b"]["c"] = value`` for ``path="a.b.c"``; below a free-form field (``tune.space.distill.tau``,
+    ``model.kwargs.patch_size``) the rest of the path is one key."""
+    for field in FREE_FORM_FIELDS:
+        if path.startswith(field + ".") and len(path) > len(field) + 1:
+            parts = [*field.split("."), path[len(field) + 1 :]]
+            break
+    else:
+        parts = path.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -217,7 +270,7 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "kwargs":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
@@ -368,7 +421,7 @@ def parse_job_args(
         overrides: dict[str, Any] = {}
         for text in args.overrides:
             path, value = parse_override(text)
-            _set_path(overrides, path, value)
+            set_path(overrides, path, value)
         layers.append(overrides)
         return build_config(layers)
     except ConfigError as err:

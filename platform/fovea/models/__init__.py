@@ -12,6 +12,7 @@ from fovea.models.factory import (
     list_models,
     load_weights,
     register_video_model,
+    window_fit_problem,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "list_models",
     "load_weights",
     "register_video_model",
+    "window_fit_problem",
 ]

@@ -112,6 +112,27 @@ def create_model(
     return model
 
 
+def window_fit_problem(model: nn.Module) -> str | None:
+    """Why ``model``'s attention windows do not tile its feature maps, or None when they do (or it has none).
+
+    A Swin window must divide every stage's feature map. A window larger than a map is shrunk to it (timm, like
+    the paper's code, then attends over the whole map), which fits; a window that leaves a remainder is not an
+    architecture the paper describes: timm would pad the map with zero tokens that unshifted windows attend to.
+    """
+    for name, module in model.named_modules():
+        resolution = getattr(module, "input_resolution", None)
+        window = getattr(module, "window_size", None)
+        target = getattr(module, "target_window_size", window)
+        if resolution is None or window is None:
+            continue
+        resolution, window = tuple(resolution), tuple(window)
+        if any(size % side for size, side in zip(resolution, window, strict=True)):
+            grid = "x".join(map(str, resolution))
+            wanted = target[0] if isinstance(target, tuple | list) else target
+            return f"window {wanted} does not tile the {grid} feature map of {name}"
+    return None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a weights file, never unpickling arbitrary objects.
 

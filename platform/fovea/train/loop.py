@@ -113,6 +113,26 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
+def restore_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, fresh: list[dict[str, Any]]) -> None:
+    """Put this run's hyperparameters back after loading optimizer and scheduler state saved under others.
+
+    ``load_state_dict`` brings back the saved peak learning rates, weight decay and betas along with the step count
+    and moments. When the checkpoint came from another trial (PBT copies the best trials' weights into the worst
+    and perturbs their hyperparameters), the new values must win: the moments and the schedule's position stay.
+
+    Args:
+        fresh: the optimizer's param groups (without ``params``) as built from this run's config, before loading.
+    """
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        for key in ("weight_decay", "betas", "eps", "initial_lr"):
+            if key in new:
+                group[key] = new[key]
+    scheduler.base_lrs = [new["initial_lr"] for new in fresh]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def build_mixup(data_cfg: Any, *, num_classes: int, label_smoothing: float) -> Mixup | None:
     """timm's batch mixup/cutmix (on whatever device the batch is on), or None when both are off."""
     if data_cfg.mixup <= 0 and data_cfg.cutmix <= 0:

@@ -161,7 +161,7 @@ def load_checked_teacher(cfg: Config) -> Any:
         raise ConfigError(f"distill.teacher: {err}") from None
 
 
-def _init_ray(progress_bars: bool = False) -> None:
+def init_ray(progress_bars: bool = False) -> None:
     import ray
 
     from fovea.data.stream import configure_data_context
@@ -172,7 +172,7 @@ def _init_ray(progress_bars: bool = False) -> None:
     configure_data_context(progress_bars)  # Ray Train hands this context to the dataset coordinators
 
 
-def _dataset_dir(cfg: Config) -> Path:
+def dataset_dir_of(cfg: Config) -> Path:
     from fovea.data import ensure_demo_images, ensure_demo_videos
     from fovea.models import is_video_model
 
@@ -194,6 +194,121 @@ def _dataset_dir(cfg: Config) -> Path:
     )
 
 
+def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The run's Ray Datasets (``train``, ``val`` and, for video, ``val_views``) from a prepared manifest."""
+    from fovea.data import build_image_datasets, build_video_datasets
+
+    if manifest.get("kind") == "video":
+        return build_video_datasets(
+            manifest, cfg.data, img_size=cfg.model.img_size, num_frames=cfg.data.num_frames, seed=cfg.train.seed
+        )
+    return build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+
+
+def run_tags(cfg: Config, dataset_dir: Path) -> dict[str, str]:
+    """Tags every fovea run carries in MLflow."""
+    return {
+        "fovea.job": cfg.job,
+        "fovea.model": cfg.model.name,
+        "fovea.dataset": str(dataset_dir),
+        "fovea.host": socket.gethostname(),
+    }
+
+
+def build_torch_trainer(
+    cfg: Config,
+    *,
+    run_name: str,
+    manifest: dict[str, Any],
+    datasets: dict[str, Any],
+    tracking_uri: str | None,
+    experiment_id: str | None,
+    tags: dict[str, str],
+    storage: str,
+    teacher_ref: Any = None,
+    teacher_source: str | None = None,
+    run_id: str | None = None,
+    stop_at_epoch: int | None = None,
+    resume_from: Any = None,
+    callbacks: list[Any] | None = None,
+    progress_prefix: str = "",
+) -> Any:
+    """The ``TorchTrainer`` of one run (a training job's, or one Tune trial's).
+
+    Args:
+        run_id: an MLflow run the workers log into (a sweep's trial run), instead of the one in the checkpoint.
+        stop_at_epoch: the workers return after this epoch (PBT trains a trial a few epochs at a time).
+        resume_from: a ``ray.train.Checkpoint`` to start from when this run has none of its own (PBT's exploit).
+        callbacks: Ray Train callbacks (a sweep's report to Tune).
+        progress_prefix: put before every progress line (which trial it is).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fovea.train.worker import train_worker
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "classes": manifest["classes"],
+            "train_count": manifest["splits"]["train"]["count"],
+            "tracking_uri": tracking_uri,
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "run_tags": tags,
+            "run_id": run_id,
+            "teacher": teacher_ref,
+            "teacher_source": teacher_source,
+            "multi_view": "val_views" in datasets,
+            "stop_at_epoch": stop_at_epoch,
+            "progress_prefix": progress_prefix,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks or None,
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
+        resume_from_checkpoint=resume_from,
+    )
+
+
+def read_state(checkpoint: Any) -> dict[str, Any]:
+    """The training state saved in a ``ray.train.Checkpoint`` (or a checkpoint folder's path)."""
+    from fovea.train.worker import load_checkpoint
+
+    if isinstance(checkpoint, str | Path):
+        return load_checkpoint(checkpoint)
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint(directory)
+
+
+def prepare_teacher(cfg: Config, teacher: Any, classes: list[str]) -> tuple[Any, str | None]:
+    """Check a loaded teacher against the dataset and put it in Ray's object store: ``(ref, source)``."""
+    if teacher is None:
+        return None, None
+    import ray
+
+    from fovea.distill import check_teacher
+
+    try:
+        check_teacher(teacher, classes=classes, img_size=cfg.model.img_size)
+    except ValueError as err:
+        raise ConfigError(f"distill.teacher: {err}") from None
+    print(f"teacher {teacher.source}: {type(teacher.model).__name__}, classes match the dataset", flush=True)
+    return ray.put(teacher), teacher.source
+
+
 def run_training(cfg: Config) -> TrainSummary:
     """Train (or resume) the run described by ``cfg`` on Ray, then log and register the final model.
 
@@ -203,97 +318,50 @@ def run_training(cfg: Config) -> TrainSummary:
     check_before_start(cfg)
     started = time.time()
     teacher = load_checked_teacher(cfg) if cfg.distill.type != "none" else None  # before Ray: fail fast
-    _init_ray()
+    init_ray()
 
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from fovea.data import build_image_datasets, build_video_datasets, load_manifest
-    from fovea.distill import check_teacher
-    from fovea.train.worker import train_worker
+    from fovea.data import load_manifest
 
     run_name = cfg.run_name()
-    dataset_dir = _dataset_dir(cfg)
+    dataset_dir = dataset_dir_of(cfg)
     manifest = load_manifest(dataset_dir)
     classes = manifest["classes"]
-    if manifest.get("kind") == "video":
-        datasets = build_video_datasets(
-            manifest, cfg.data, img_size=cfg.model.img_size, num_frames=cfg.data.num_frames, seed=cfg.train.seed
-        )
-    else:
-        datasets = build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
+    datasets = build_datasets(cfg, manifest)
 
     tracking_uri = experiment_id = None
+    tags = run_tags(cfg, dataset_dir)
     if cfg.track.enabled:
         from fovea.track import TRAIN_NAME_TAG, ensure_experiment, resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(cfg.track.uri)
         experiment_id = ensure_experiment(tracking_uri, cfg.track.experiment)
-    run_tags = {
-        "fovea.job": cfg.job,
-        "fovea.model": cfg.model.name,
-        "fovea.dataset": str(dataset_dir),
-        "fovea.host": socket.gethostname(),
-    }
-    if cfg.track.enabled:
-        run_tags[TRAIN_NAME_TAG] = run_name
+        tags[TRAIN_NAME_TAG] = run_name
+    teacher_ref, teacher_source = prepare_teacher(cfg, teacher, classes)
+    if teacher_source:
+        tags["fovea.teacher"] = teacher_source
 
-    teacher_ref = teacher_source = None
-    if teacher is not None:
-        import ray
-
-        try:
-            check_teacher(teacher, classes=classes, img_size=cfg.model.img_size)
-        except ValueError as err:
-            raise ConfigError(f"distill.teacher: {err}") from None
-        teacher_source = teacher.source
-        run_tags["fovea.teacher"] = teacher.source
-        teacher_ref = ray.put(teacher)
-        print(f"teacher {teacher.source}: {type(teacher.model).__name__}, classes match the dataset", flush=True)
-
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "classes": classes,
-            "train_count": manifest["splits"]["train"]["count"],
-            "tracking_uri": tracking_uri,
-            "experiment_id": experiment_id,
-            "run_name": run_name,
-            "run_tags": run_tags,
-            "teacher": teacher_ref,
-            "teacher_source": teacher_source,
-            "multi_view": "val_views" in datasets,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path(cfg),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-        ),
+    trainer = build_torch_trainer(
+        cfg,
+        run_name=run_name,
+        manifest=manifest,
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        tags=tags,
+        storage=storage_path(cfg),
+        teacher_ref=teacher_ref,
+        teacher_source=teacher_source,
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name} finished without a checkpoint")
-
-    from fovea.train.worker import load_checkpoint
-
-    with result.checkpoint.as_directory() as directory:
-        state = load_checkpoint(directory)
+    state = read_state(result.checkpoint)
     history = json.loads(state["history"])
     last = history[-1]
     run_id = state.get("mlflow_run_id")
     registered_name = version = None
     if cfg.track.enabled and run_id:
-        registered_name, version = _log_final_model(cfg, state, tracking_uri, run_id, classes, dataset_dir, last)
+        registered_name, version = log_final_model_of(cfg, state, tracking_uri, run_id, classes, dataset_dir, last)
     return TrainSummary(
         run_name=run_name,
         epochs=int(last["epoch"]),
@@ -312,7 +380,7 @@ def run_training(cfg: Config) -> TrainSummary:
     )
 
 
-def _log_final_model(
+def log_final_model_of(
     cfg: Config,
     state: dict[str, Any],
     tracking_uri: str,
@@ -320,8 +388,16 @@ def _log_final_model(
     classes: list[str],
     dataset_dir: Path,
     last: dict[str, float],
+    *,
+    alias: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> tuple[str | None, str | None]:
-    """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version."""
+    """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version.
+
+    Args:
+        alias: registry alias for the new version (None = ``track.alias``).
+        extra_tags: more version tags (a sweep's name and trial).
+    """
     import numpy as np
 
     from fovea.models import count_parameters, create_model, is_video_model
@@ -366,6 +442,7 @@ def _log_final_model(
                 "params": str(count_parameters(model)),
                 "img_size": str(cfg.model.img_size),
                 "num_classes": str(len(classes)),
+                **(extra_tags or {}),
             },
             description=(
                 f"{cfg.model.name} trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir}; "
@@ -387,7 +464,7 @@ def _log_final_model(
                     else {}
                 ),
             },
-            alias=cfg.track.alias,
+            alias=cfg.track.alias if alias is None else alias,
         )
     finish_run(tracking_uri, run_id)
     return registered_name, version

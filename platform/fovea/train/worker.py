@@ -23,6 +23,7 @@ from fovea.train.loop import (
     build_scheduler,
     evaluate,
     normalization,
+    restore_hyperparameters,
     train_one_epoch,
     unwrap,
 )
@@ -55,7 +56,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. ``loop_config`` carries the run config plus what the driver resolved.
 
     Keys: ``config`` (``Config`` as a dict), ``classes``, ``train_count``, ``tracking_uri`` (None = off),
-    ``experiment_id``, ``run_name``, ``run_tags``.
+    ``experiment_id``, ``run_name``, ``run_tags``; optional: ``run_id`` (the MLflow run to log into, e.g. a sweep's
+    trial run), ``stop_at_epoch`` (return after that epoch), ``progress_prefix``.
     """
     cfg = Config.model_validate(loop_config["config"])
     classes: list[str] = loop_config["classes"]
@@ -106,8 +108,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
         model.load_state_dict(state["model"])
+        fresh_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # A checkpoint from another trial (PBT's exploit) carries that trial's hyperparameters: keep this run's.
+        restore_hyperparameters(optimizer, scheduler, fresh_groups)
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
         start_epoch, global_step = state["epoch"], state["global_step"]
@@ -119,6 +124,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.compile:
         model = torch.compile(model, mode=cfg.train.compile_mode)
 
+    run_id = loop_config.get("run_id") or run_id
     tracker = None
     if rank == 0 and loop_config.get("tracking_uri"):
         from fovea.track import RunLogger, plot_curves
@@ -132,7 +138,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             tags=loop_config.get("run_tags", {}),
         )
         run_id = tracker.run_id
-        if checkpoint is None:
+        if checkpoint is None or loop_config.get("run_id"):
             tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")
 
     log_every = cfg.track.log_every_steps
@@ -176,8 +182,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 f"tau {cfg.distill.tau}",
                 flush=True,
             )
+    last_epoch = min(cfg.train.epochs, loop_config.get("stop_at_epoch") or cfg.train.epochs)
+    prefix = loop_config.get("progress_prefix", "")
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, last_epoch):
             batches = train_shard.iter_torch_batches(
                 batch_size=batch_size,
                 drop_last=True,
@@ -262,7 +270,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)
             if rank == 0:
-                print(format_progress(metrics, cfg.train.epochs), flush=True)
+                print(prefix + format_progress(metrics, cfg.train.epochs), flush=True)
     except BaseException:
         if tracker is not None:
             tracker.set_terminated("FAILED")

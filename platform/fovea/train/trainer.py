@@ -238,7 +238,8 @@ def build_torch_trainer(
     Args:
         run_id: an MLflow run the workers log into (a sweep's trial run), instead of the one in the checkpoint.
         stop_at_epoch: the workers return after this epoch (PBT trains a trial a few epochs at a time).
-        resume_from: a ``ray.train.Checkpoint`` to start from when this run has none of its own (PBT's exploit).
+        resume_from: a checkpoint folder to start from when this run has none of its own (a PBT trial's weights,
+            maybe copied from another trial). Ray Train V2 dropped ``resume_from_checkpoint``: the worker loads it.
         callbacks: Ray Train callbacks (a sweep's report to Tune).
         progress_prefix: put before every progress line (which trial it is).
     """
@@ -266,6 +267,7 @@ def build_torch_trainer(
             "multi_view": "val_views" in datasets,
             "stop_at_epoch": stop_at_epoch,
             "progress_prefix": progress_prefix,
+            "initial_checkpoint": resume_from,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
@@ -279,7 +281,6 @@ def build_torch_trainer(
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
-        resume_from_checkpoint=resume_from,
     )
 
 

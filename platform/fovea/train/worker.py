@@ -57,7 +57,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     Keys: ``config`` (``Config`` as a dict), ``classes``, ``train_count``, ``tracking_uri`` (None = off),
     ``experiment_id``, ``run_name``, ``run_tags``; optional: ``run_id`` (the MLflow run to log into, e.g. a sweep's
-    trial run), ``stop_at_epoch`` (return after that epoch), ``progress_prefix``.
+    trial run), ``stop_at_epoch`` (return after that epoch), ``progress_prefix``, ``initial_checkpoint`` (a folder to
+    start from when the run has no checkpoint of its own).
     """
     cfg = Config.model_validate(loop_config["config"])
     classes: list[str] = loop_config["classes"]
@@ -104,6 +105,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     start_epoch, global_step, history, run_id = 0, 0, [], None
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("initial_checkpoint"):  # this run's own checkpoints come first
+        checkpoint = ray.train.Checkpoint.from_directory(loop_config["initial_checkpoint"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)

@@ -92,7 +92,7 @@ def plot_objective(rows: Sequence[dict[str, Any]], path: str, metric: str, numer
     ax.set_xlabel(path)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} against {path}")
-    if scored:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     figure.tight_layout()
     return figure
@@ -141,7 +141,7 @@ def plot_map(rows: Sequence[dict[str, Any]], x_path: str, y_path: str, metric: s
     ax.set_xlabel(x_path)
     ax.set_ylabel(y_path)
     ax.set_title(f"{metric} over {short_name(x_path)} and {short_name(y_path)}")
-    if marker_path and scored:
+    if marker_path and ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     figure.tight_layout()
     return figure

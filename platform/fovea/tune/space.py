@@ -72,6 +72,17 @@ class Dimension:
         return getattr(tune, self.kind)(*self.args)
 
 
+def _number(value: Any) -> Any:
+    """``"1e-4"`` to ``0.0001``: YAML 1.1 reads exponents without a dot as strings."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def _show(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
@@ -96,6 +107,7 @@ def parse_dimension(path: str, spec: Any) -> Dimension:
             "choice(soft, hard) or grid(2, 4, 8)"
         )
     kind = str(kind)
+    args = [_number(a) for a in args]
     if kind in LIST_KINDS:
         if not args:
             raise ConfigError(f"{where}: {kind}() needs at least one value")
@@ -179,6 +191,8 @@ def _check_search(cfg: Config, dimensions: list[Dimension]) -> None:
             raise ConfigError(
                 f"tune.search=optuna: grid(...) for {', '.join(grids)}; Optuna samples, so write choice(...)"
             )
+    if cfg.tune.scheduler == "pbt" and search == "optuna":
+        raise ConfigError("tune.scheduler=pbt: PBT explores by perturbing its own population; use tune.search=random")
     if cfg.tune.scheduler == "pbt":
         for dimension in dimensions:
             path = dimension.path

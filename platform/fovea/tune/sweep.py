@@ -136,8 +136,9 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> tuple[Config |
                 **extra,
                 **cfg.model.kwargs,
             )
-    except (ValueError, TypeError, AssertionError, RuntimeError) as err:
-        return None, f"{cfg.model.name} cannot be built: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    except Exception as err:  # whatever the constructor rejects: the trial is skipped with the reason, not crashed
+        detail = str(err).splitlines()[0] if str(err) else ""
+        return None, f"{cfg.model.name} cannot be built: {type(err).__name__}" + (f": {detail}" if detail else "")
     problem = window_fit_problem(model)
     if problem:
         return None, f"model.window_size={cfg.model.window_size or 'preset'}: {problem}"
@@ -220,8 +221,18 @@ def _run_pbt_stretches(cfg: Config, trial_id: str, common: dict[str, Any]) -> in
 
     from fovea.train.trainer import build_torch_trainer, read_state
 
-    start = tune.get_checkpoint()
-    epoch = int(read_state(start)["epoch"]) if start is not None else 0
+    given = tune.get_checkpoint()
+    start = None
+    if given is not None:  # the trial's own last stretch, or (after an exploit) a better trial's
+        with given.as_directory() as folder:
+            state = read_state(folder)
+        epoch, start = int(state["epoch"]), given.path
+        donor = state.get("mlflow_run_id")
+        if donor and common.get("run_id") and donor != common["run_id"]:
+            print(f"[{trial_id}] PBT exploit: continues from another trial's weights (MLflow run {donor}) at epoch "
+                  f"{epoch} with optim.lr={cfg.optim.lr:.3g}", flush=True)  # fmt: skip
+    else:
+        epoch = 0
     while epoch < cfg.train.epochs:
         stop = min(cfg.train.epochs, epoch + cfg.tune.perturbation_interval)
         trainer = build_torch_trainer(
@@ -229,9 +240,9 @@ def _run_pbt_stretches(cfg: Config, trial_id: str, common: dict[str, Any]) -> in
         )
         result = trainer.fit()
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float | str)}
-        start = result.checkpoint
         epoch = int(metrics.get("epoch", stop))
-        tune.report(metrics, checkpoint=tune.Checkpoint(start.path, start.filesystem) if start else None)
+        start = result.checkpoint.path if result.checkpoint else None
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(start) if start else None)
     return epoch
 
 
@@ -285,6 +296,19 @@ def concurrent_trials(cfg: Config, resources: dict[str, float]) -> int:
     return max(1, count)
 
 
+def trial_resources(cfg: Config, concurrency: int, resources: dict[str, float]) -> dict[str, float]:
+    """What Tune reserves for one trial function: no CPU (it only drives its Train run, whose workers ask for theirs).
+
+    Ray needs some resource in a request, so a token of logical memory stands in. Under PBT the token is a
+    ``1/concurrency`` share of the cluster's logical memory: PBT needs the whole population created at once (a
+    paused trial still counts as live for the searcher's concurrency limit), so the shares are what keep at most
+    ``concurrency`` trials running while the others wait, paused, at the same epoch.
+    """
+    if cfg.tune.scheduler == "pbt" and resources.get("memory"):
+        return {"cpu": 0, "memory": resources["memory"] / (concurrency + 0.5)}  # k fit, k + 1 do not
+    return {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+
+
 def _scheduler(cfg: Config, dimensions: list[Dimension]) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
@@ -315,9 +339,11 @@ def _search(cfg: Config, concurrency: int) -> tuple[Any, int | None]:
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=TPESampler(seed=seed)), concurrency
+        return OptunaSearch(sampler=TPESampler(seed=seed)), None if cfg.tune.scheduler == "pbt" else concurrency
     from ray.tune.search import BasicVariantGenerator
 
+    if cfg.tune.scheduler == "pbt":  # the population is created at once; trial_resources limits how many run
+        return BasicVariantGenerator(random_state=seed), None
     return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency), None
 
 
@@ -439,18 +465,11 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
         teacher_ref=teacher_ref,
         teacher_source=teacher_source,
     )
-    # No CPU for the trial function (it only drives its Train run); Ray needs some resource in a request, so a
-    # token of logical memory stands in.
-    if not any(path.startswith(DATA_PATHS) for path in paths):
-        # Every trial reads the same rows the same way: build (and cache in the object store) once, not per trial.
-        from fovea.train.trainer import build_datasets
-
-        context.datasets = build_datasets(cfg, manifest)
+    concurrency = concurrent_trials(cfg, ray.cluster_resources())
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+        tune.with_parameters(run_trial, context=context), trial_resources(cfg, concurrency, ray.cluster_resources())
     )
     param_space = to_param_space(dimensions, cfg.tune.search)
-    concurrency = concurrent_trials(cfg, ray.cluster_resources())
     total = _num_samples(cfg) * grid_size(dimensions, cfg.tune.search)
     print(
         f"fovea {cfg.job}: sweep {sweep_name} {'resumed' if resuming else 'started'}: {total} trials of "
@@ -552,12 +571,16 @@ def collect_rows(grid: Any, context: SweepContext, cfg: Config) -> list[dict[str
             "params": values,
             "epochs": int(metrics["epoch"]) if "epoch" in metrics else None,
             "last": float(metrics[metric]) if metric in metrics else None,
-            "best": (max(scores) if cfg.tune.mode == "max" else min(scores)) if scores else None,
+            "best": None,
             "run_id": metrics.get("mlflow_run_id") or None,
             # ASHA/FIFO: the Train run's checkpoint (TuneReportCallback); PBT: the copy Tune keeps for the trial
             "checkpoint_path": metrics.get("checkpoint_path") or (result.checkpoint and result.checkpoint.path),
             "reason": "",
         }
+        if row["last"] is not None:  # a PBT trial restored from a checkpoint keeps only its later history
+            scores.append(row["last"])
+        if scores:
+            row["best"] = max(scores) if cfg.tune.mode == "max" else min(scores)
         if trial.status not in ("TERMINATED", "ERROR"):
             row["outcome"] = "unfinished"
             rows.append(row)

@@ -72,6 +72,7 @@ class SweepSummary:
     promotion: str = ""
     artifacts: list[str] = field(default_factory=list)
     interrupted: bool = False
+    not_started: int = 0
 
     def describe(self) -> str:
         counts = {o: sum(r["outcome"] == o for r in self.rows) for o in {r["outcome"] for r in self.rows}}
@@ -87,9 +88,10 @@ class SweepSummary:
             if row["outcome"] in ("skipped", "errored") and row.get("reason"):
                 lines.append(f"{row['trial_id']} {row['outcome']}: {row['reason']}")
         if self.interrupted:
+            unfinished = sum(r["outcome"] == "unfinished" for r in self.rows)
             lines.append(
-                f"interrupted    {sum(r['outcome'] == 'unfinished' for r in self.rows)} trials unfinished; rerun the "
-                f"same command (or tune.name={self.name}) to resume: finished trials are kept"
+                f"interrupted    {unfinished} trials unfinished, {self.not_started} not started; rerun the same "
+                f"command (or tune.name={self.name}) to resume: finished trials are kept"
             )
         elif self.best is None:
             lines.append("best           none: no trial reported " + self.metric)
@@ -512,9 +514,9 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
     grid = tuner.fit()
     rows = collect_rows(grid, context, cfg)
     unfinished = [r for r in rows if r["outcome"] == "unfinished"]
-    if unfinished:  # Ctrl-C (Tune saved its state) or a lost driver: nothing is final yet
+    if unfinished or len(rows) < total:  # Ctrl-C (Tune saved its state) before every trial ended or even began
         summary = SweepSummary(sweep_name, cfg.tune.metric, rows, paths, None, time.time() - started, parent_run_id,
-                               tracking_uri, interrupted=True)  # fmt: skip
+                               tracking_uri, interrupted=True, not_started=total - len(rows))  # fmt: skip
         if tracking_uri and parent_run_id:
             from fovea.track import finish_run
 

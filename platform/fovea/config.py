@@ -168,7 +168,7 @@ class TuneSection(_Section):
         description="search space: dotted config path -> distribution, e.g. distill.tau: uniform(1, 10) "
         "(choice, grid, uniform, loguniform, randint, quniform, qloguniform, qrandint)",
     )
-    name: str = Field("", description="sweep name; rerunning the same name resumes it ('' = job + timestamp)")
+    name: str = Field("", description="sweep name; the same name resumes it ('' = job + digest of the config)")
     metric: str = Field("val_top1", description="the per-epoch metric trials are compared on")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise tune.metric")
     search: Literal["random", "grid", "optuna"] = Field(

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep_runs(uri: str) -> tuple[object, list[object]]:
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # earlier tests may have pointed MLflow's global registry elsewhere
     experiment = client.get_experiment_by_name("fovea")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("fovea.role") == "sweep"]
@@ -76,7 +76,7 @@ def test_window_sweep_skips_the_impossible_window_and_resumes_without_repeating(
     assert "window 6 does not tile the 16x16 feature map" in skipped.data.tags["fovea.skip_reason"]
     assert "window 6 does not tile the 16x16 feature map" in output  # and the console says why
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # earlier tests may have pointed MLflow's global registry elsewhere
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "best_config.yaml", "plots"} <= artifacts
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
@@ -105,7 +105,7 @@ def test_distillation_sweep_trains_its_teacher_then_searches_tau_lambda(tmp_path
     assert "is not in the registry" in output and "teacher registered: demo-teacher-smoke version 1" in output
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # earlier tests may have pointed MLflow's global registry elsewhere
     assert str(client.get_model_version_by_alias("demo-teacher-smoke", "champion").version) == "1"
     parent, children = _sweep_runs(uri)
     assert parent.info.status == "FINISHED" and len(children) == 2

@@ -48,11 +48,16 @@ class TrainSummary:
             f"checkpoint     {self.checkpoint_path}",
             f"dataset        {self.dataset}",
         ]
-        if self.mlflow_run_id:
-            lines.append(f"mlflow run     {self.mlflow_run_id}  ({self.tracking_uri})")
-        if self.registered_version:
-            lines.append(f"registered     {self.registered_model} version {self.registered_version}")
+        lines += tracking_lines(self.mlflow_run_id, self.tracking_uri, self.registered_model, self.registered_version)
         return "\n".join(lines)
+
+
+def tracking_lines(run_id: str | None, uri: str | None, model: str | None, version: str | None) -> list[str]:
+    """The summary's MLflow lines: the run, and the registered version when there is one."""
+    lines = [f"mlflow run     {run_id}  ({uri})"] if run_id else []
+    if version:
+        lines.append(f"registered     {model} version {version}")
+    return lines
 
 
 def storage_path(cfg: Config) -> str:

@@ -100,10 +100,9 @@ class SweepSummary:
             score = f"{self.metric} {self.best['last']:.2f}"
             lines.append(f"best           trial {self.best['trial_id']}: {score} ({values})")
             lines.append("best config    " + " ".join(f"{p}={_cli_value(self.best['params'][p])}" for p in self.paths))
-        if self.parent_run_id:
-            lines.append(f"mlflow run     {self.parent_run_id}  ({self.tracking_uri})")
-        if self.registered_version:
-            lines.append(f"registered     {self.registered_model} version {self.registered_version}")
+        from fovea.train.trainer import tracking_lines
+
+        lines += tracking_lines(self.parent_run_id, self.tracking_uri, self.registered_model, self.registered_version)
         if self.promotion:
             lines.append(f"champion       {self.promotion}")
         return "\n".join(lines)

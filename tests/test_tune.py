@@ -267,6 +267,10 @@ def test_champion_moves_only_when_beaten_on_the_same_dataset(tmp_path):
     better, why = champion_decision(uri, "m", "champion", score=75.0, **common)
     assert better and why == "val_top1 75.00 beats champion version 1 (70.00)"
     assert not champion_decision(uri, "m", "champion", score=65.0, **common)[0]
+    assert champion_decision(uri, "m", "champion", score=99.0, version="1", **common) == (
+        False,
+        "version 1 is already champion",
+    )
     other = champion_decision(uri, "m", "champion", score=99.0, **{**common, "dataset": "/elsewhere"})
     assert other[0] is False and "another dataset" in other[1]
     assert champion_decision(uri, "m", "champion", score=1.0, **{**common, "policy": "always"})[0]
@@ -308,3 +312,29 @@ def test_apply_values_sets_dotted_and_kwargs_paths():
     tree = apply_values(base, {"distill.tau": 3.0, "model.kwargs.patch_size": 4})
     assert tree["distill"]["tau"] == 3.0 and tree["model"]["kwargs"] == {"patch_size": 4}
     assert base["distill"]["tau"] == 1.0  # the base is left alone
+
+
+def test_schedulers_and_searchers_follow_the_config():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fovea.tune.sweep import _scheduler, _search, trial_resources
+
+    space = {"optim.lr": "loguniform(1e-4, 1e-2)"}
+    asha = _cfg(space, tune={"grace_period": 2, "reduction_factor": 3}, train={"epochs": 9})
+    scheduler = _scheduler(asha, parse_space(asha))
+    assert isinstance(scheduler, ASHAScheduler)
+    assert scheduler._time_attr == "epoch" and scheduler._max_t == 9 and scheduler._reduction_factor == 3
+    assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == [6, 2]  # rungs at epochs 2 and 6
+    assert isinstance(_scheduler(_cfg(space, tune={"scheduler": "fifo"}), []), FIFOScheduler)
+    pbt = _cfg(space, tune={"scheduler": "pbt", "perturbation_interval": 3})
+    assert isinstance(_scheduler(pbt, parse_space(pbt)), PopulationBasedTraining)
+
+    searcher, limit = _search(asha, concurrency=2)
+    assert isinstance(searcher, BasicVariantGenerator) and limit is None  # the generator holds the limit itself
+    searcher, limit = _search(_cfg(space, tune={"search": "optuna"}), concurrency=2)
+    assert isinstance(searcher, OptunaSearch) and limit == 2
+    assert trial_resources(asha, 1, {"CPU": 2, "memory": 8e9})["cpu"] == 0
+    shares = trial_resources(pbt, 2, {"CPU": 4, "memory": 10e9})["memory"]
+    assert 2 * shares <= 10e9 < 3 * shares  # two PBT trials run at once, the rest wait paused

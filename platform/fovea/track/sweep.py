@@ -123,7 +123,16 @@ def log_sweep_results(
 
 
 def champion_decision(
-    uri: str, name: str, alias: str, *, dataset: str, score: float, metric: str, mode: str, policy: str
+    uri: str,
+    name: str,
+    alias: str,
+    *,
+    dataset: str,
+    score: float,
+    metric: str,
+    mode: str,
+    policy: str,
+    version: str | None = None,
 ) -> tuple[bool, str]:
     """Whether the new best model takes ``alias``, and why (one line for the console and the parent run).
 
@@ -141,6 +150,8 @@ def champion_decision(
     except MlflowException:
         return True, f"{name} had no {alias}: this model takes it"
     theirs = current.tags.get(metric)
+    if version is not None and str(current.version) == str(version):
+        return False, f"version {version} is already {alias}"
     if current.tags.get("dataset") != dataset:
         other = current.tags.get("dataset")
         return False, f"{alias} is version {current.version}, trained on another dataset ({other}); left as it is"

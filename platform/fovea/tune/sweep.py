@@ -726,6 +726,7 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
         metric=cfg.tune.metric,
         mode=cfg.tune.mode,
         policy=cfg.tune.promote,
+        version=version,
     )
     current = None
     if promote:

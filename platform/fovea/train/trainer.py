@@ -489,22 +489,45 @@ def job_main(job: str, configs_dir: str | Path, description: str = "", argv: lis
     Returns:
         The exit code: 0 on success, 2 for a configuration problem (reported in one line).
     """
+
+    def banner(cfg: Config) -> str:
+        return f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {cfg.scaling.num_workers} worker(s)"
+
+    return run_command(job, configs_dir, description, argv, check=check_before_start, run=run_training, banner=banner)
+
+
+def run_command(
+    job: str,
+    configs_dir: str | Path,
+    description: str,
+    argv: list[str] | None,
+    *,
+    check: Any,
+    run: Any,
+    banner: Any = None,
+) -> int:
+    """Any job's command line: parse, ``check(cfg)`` before Ray, ``run(cfg)``, print ``describe()`` of its result.
+
+    Returns:
+        0 on success, 130 for a result that says it was ``interrupted``, 2 for a configuration problem (one line).
+    """
     from fovea.config import parse_job_args
 
     cfg = parse_job_args(job, configs_dir, argv, description=description)
     try:
-        check_before_start(cfg)
+        check(cfg)
     except ConfigError as err:
         print(f"{job}: config error: {err}", file=sys.stderr)
         return 2
-    print(f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {cfg.scaling.num_workers} worker(s)")
+    if banner is not None:
+        print(banner(cfg))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray Train's print patch tees a worker's print to stdout and its logger: each progress line came out twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     try:
-        summary = run_training(cfg)
+        result = run(cfg)
     except ConfigError as err:  # problems found once the dataset or the teacher is at hand
         print(f"{job}: config error: {err}", file=sys.stderr)
         return 2
-    print("\n" + summary.describe(), flush=True)
-    return 0
+    print("\n" + result.describe(), flush=True)
+    return 130 if getattr(result, "interrupted", False) else 0

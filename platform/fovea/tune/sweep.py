@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fovea.config import Config, ConfigError, build_config, parse_job_args
+from fovea.config import Config, ConfigError, build_config
 from fovea.tune.report import (
     format_table,
     format_value,
@@ -814,19 +812,13 @@ def TrialTable(paths: list[str], metric: str, epochs: int) -> Any:  # noqa: N802
 
 def sweep_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None,
                teacher_presets: Path | None = None) -> int:  # fmt: skip
-    """A sweep job's whole command line: parse and check (before Ray), run the sweep, print the summary."""
-    cfg = parse_job_args(job, configs_dir, argv, description=description)
-    try:
-        check_sweep(cfg)
-    except ConfigError as err:
-        print(f"{job}: config error: {err}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    try:
-        summary = run_sweep(cfg, teacher_presets=teacher_presets)
-    except ConfigError as err:
-        print(f"{job}: config error: {err}", file=sys.stderr)
-        return 2
-    print("\n" + summary.describe(), flush=True)
-    return 130 if summary.interrupted else 0
+    """A sweep job's whole command line: parse and check (before Ray), run the sweep, print the summary.
+
+    Returns:
+        0 on success, 130 when interrupted (rerun to resume), 2 for a configuration problem.
+    """
+    from fovea.train.trainer import run_command
+
+    return run_command(
+        job, configs_dir, description, argv, check=check_sweep, run=lambda cfg: run_sweep(cfg, teacher_presets)
+    )

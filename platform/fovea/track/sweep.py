@@ -96,10 +96,6 @@ def end_trial_run(
     client.set_terminated(run_id, status)
 
 
-def run_status(uri: str, run_id: str) -> str:
-    return _client(uri).get_run(run_id).info.status
-
-
 def log_sweep_results(
     uri: str,
     run_id: str,

@@ -250,6 +250,10 @@ def test_live_table_tracks_trials():
     text = table.render().splitlines()
     assert text[0] == "trials: 1/2 done (epochs of 3)"
     assert text[2].split() == ["t1", "running", "2", "2", "30", "40"]  # last 30, best 40
+    losses = TrialTableBase(["distill.tau"], "val_loss", epochs=3, mode="min")
+    for loss in (0.9, 0.5, 0.7):
+        losses.update("t1", {"distill.tau": 2.0}, {"val_loss": loss, "epoch": 1}, "running")
+    assert losses.rows["t1"]["best"] == 0.5  # tune.mode=min: the lowest loss is the best
 
 
 def test_champion_moves_only_when_beaten_on_the_same_dataset(tmp_path):

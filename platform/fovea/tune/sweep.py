@@ -479,7 +479,7 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
     for dimension in dimensions:
         print(f"  {dimension.path}: {dimension.describe()}", flush=True)
 
-    table = TrialTable(paths, cfg.tune.metric, cfg.train.epochs)
+    table = TrialTable(paths, cfg.tune.metric, cfg.train.epochs, cfg.tune.mode)
     if resuming:
         tuner = tune.Tuner.restore(
             str(sweep_dir), trainable=trainable, param_space=param_space, resume_unfinished=True, resume_errored=True
@@ -746,8 +746,9 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
 class TrialTableBase:
     """The live trial table's state and text (kept apart from Ray's ``Callback`` so it can be tested alone)."""
 
-    def __init__(self, paths: list[str], metric: str, epochs: int, every_s: float = 30.0) -> None:
+    def __init__(self, paths: list[str], metric: str, epochs: int, every_s: float = 30.0, mode: str = "max") -> None:
         self.paths, self.metric, self.epochs, self.every_s = paths, metric, epochs, every_s
+        self.better = max if mode == "max" else min
         self.rows: dict[str, dict[str, Any]] = {}
         self._printed = 0.0
 
@@ -760,7 +761,7 @@ class TrialTableBase:
         if result and self.metric in result:
             score = float(result[self.metric])
             row["last"], row["epochs"] = score, int(result.get("epoch", 0))
-            row["best"] = score if row["best"] is None else max(row["best"], score)
+            row["best"] = score if row["best"] is None else self.better(row["best"], score)
 
     def render(self) -> str:
         rows = sorted(self.rows.values(), key=lambda r: r["trial_id"])
@@ -805,9 +806,9 @@ def _make_trial_table() -> type:
     return _TrialTable
 
 
-def TrialTable(paths: list[str], metric: str, epochs: int) -> Any:  # noqa: N802  (a class factory)
+def TrialTable(paths: list[str], metric: str, epochs: int, mode: str = "max") -> Any:  # noqa: N802  (a factory)
     """The live trial table, a Ray Tune ``Callback`` (built on first use: importing ray.tune is slow)."""
-    return _make_trial_table()(paths, metric, epochs)
+    return _make_trial_table()(paths, metric, epochs, mode=mode)
 
 
 def sweep_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None,

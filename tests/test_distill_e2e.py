@@ -54,7 +54,7 @@ def test_cnn_teacher_from_the_registry_teaches_a_deit_student(dataset, tmp_path)
             tmp_path,
             model={"name": "resnet10t"},  # a timm CNN: no img_size argument, any input size
             train={"name": "teacher", "epochs": 3},
-            track={"registered_model_name": "teacher", "alias": "champion"},
+            track={"registered_model_name": "teacher"},  # its first version takes @champion (track.promote)
         )
     )
     assert teacher.registered_version == "1"

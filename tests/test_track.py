@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fovea.track import RunLogger, ensure_experiment, finish_run, plot_curves, resolve_tracking_uri
+from fovea.track import RunLogger, ensure_experiment, finish_run, plot_curves, replay_fallback, resolve_tracking_uri
 
 
 def test_uri_resolution(monkeypatch, tmp_path):
@@ -37,44 +38,130 @@ def logger(tmp_path):
     experiment = ensure_experiment(uri, "unit")
     assert ensure_experiment(uri, "unit") == experiment  # idempotent
     run_logger = RunLogger(
-        uri, run_id=None, experiment_id=experiment, run_name="r", params={"optim.lr": 0.1}, tags={"k": "v"}
+        uri,
+        run_id=None,
+        experiment_id=experiment,
+        run_name="r",
+        params={"optim.lr": 0.1},
+        tags={"k": "v"},
+        flush_interval_s=0.2,
+        fallback_dir=tmp_path / "fallback",
     )
-    return uri, run_logger
+    assert len(run_logger.run_id) == 32  # the sender thread opened the run (the tests below break the store after)
+    yield uri, run_logger
+    run_logger.close(timeout=0)
+
+
+def _down(*args, **kwargs):
+    raise ConnectionError("tracking server unreachable")
 
 
 def test_metrics_survive_a_failing_store(logger, monkeypatch, capsys):
     uri, run_logger = logger
     client = MlflowClient(uri)
     real_log_batch = run_logger.client.log_batch
-
-    def down(*args, **kwargs):
-        raise ConnectionError("tracking server unreachable")
-
-    monkeypatch.setattr(run_logger.client, "log_batch", down)
+    monkeypatch.setattr(run_logger.client, "log_batch", _down)
     for step in range(1, 4):
-        run_logger.log_metrics({"loss": 1.0 / step}, step=step)
-        assert run_logger.flush() is False  # nothing raised, nothing dropped
-    assert capsys.readouterr().out.count("MLflow tracking failed") == 1  # warned once, not per call
+        run_logger.log_metrics({"loss": 1.0 / step}, step=step)  # returns at once: the sender thread sends
+        assert run_logger.flush(timeout=0.5) is False  # nothing raised, nothing dropped
+    assert run_logger.pending() == 3
+    assert capsys.readouterr().out.count("MLflow tracking store unreachable") == 1  # warned once, not per attempt
     assert client.get_metric_history(run_logger.run_id, "loss") == []
 
-    monkeypatch.setattr(run_logger.client, "log_batch", real_log_batch)
-    assert run_logger.flush() is True
+    monkeypatch.setattr(run_logger.client, "log_batch", real_log_batch)  # the store is back
+    assert run_logger.flush(timeout=10) is True
     history = client.get_metric_history(run_logger.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert "reachable again" in capsys.readouterr().out
+    assert run_logger.sent_metrics == 3 and run_logger.send_s > 0 and run_logger.blocking_s > 0
+
+
+def test_the_sender_batches_and_the_training_thread_does_not_wait(logger, monkeypatch):
+    uri, run_logger = logger
+    batches = []
+    real_log_batch = run_logger.client.log_batch
+
+    def slow_log_batch(run_id, metrics=(), **kwargs):
+        time.sleep(0.2)  # a slow store: the caller of log_metrics must not feel it
+        batches.append(len(metrics))
+        return real_log_batch(run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(run_logger.client, "log_batch", slow_log_batch)
+    started = time.perf_counter()
+    for step in range(1, 2001):  # 2,000 steps x 2 metrics: more than one log_batch call (at most 900 each)
+        run_logger.log_metrics({"step/train_loss": 1.0 / step, "step/lr": 1e-3}, step=step)
+    assert time.perf_counter() - started < 0.5 * 4000 / 900 * 0.2  # far less than the store's own time
+    assert run_logger.flush(timeout=30) is True
+    assert sum(batches) == 4000 and max(batches) <= 900 and len(batches) >= 5
+    history = MlflowClient(uri).get_metric_history(run_logger.run_id, "step/train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 2001))
+    assert run_logger.sent_metrics == 4000 and run_logger.send_s >= 0.2 * len(batches)
+
+
+def test_an_outage_past_close_goes_to_a_fallback_file_that_replays(logger, monkeypatch, capsys):
+    uri, run_logger = logger
+    monkeypatch.setattr(run_logger.client, "log_batch", _down)
+    monkeypatch.setattr(run_logger.client, "log_figure", _down)
+    run_logger.log_metrics({"val_top1": 50.0}, step=1)
+    run_logger.log_metrics({"val_top1": 75.0}, step=2)
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "val_top1": 50.0, "val_top5": 90.0} for e in (1, 2)]
+    run_logger.log_curves(history)
+    fallback = run_logger.close("FINISHED", timeout=1)
+    assert fallback == Path(run_logger.fallback_dir) / f"{run_logger.run_id}.jsonl"
+    out = capsys.readouterr().out
+    assert "2 metrics and 1 artifacts" in out and f"fovea runs sync {fallback}" in out
+    client = MlflowClient(uri)
+    assert client.get_run(run_logger.run_id).info.status == "RUNNING"  # ended only once everything is in
+
+    sent = replay_fallback(fallback)
+    assert sent == {
+        "run_id": run_logger.run_id,
+        "tracking_uri": uri,
+        "metrics": 2,
+        "artifacts": 1,
+        "status": "FINISHED",
+    }
+    assert [m.value for m in client.get_metric_history(run_logger.run_id, "val_top1")] == [50.0, 75.0]
+    assert client.get_run(run_logger.run_id).info.status == "FINISHED"
+    assert "training_curves.png" in [a.path for a in client.list_artifacts(run_logger.run_id)]
+    assert not fallback.exists() and fallback.with_name(fallback.name + ".sent").exists()
+    with pytest.raises(ValueError, match="not a fovea tracking fallback file"):
+        replay_fallback(fallback.with_name(fallback.name + ".sent").rename(fallback.parent / "x.txt").parent / "nope")
 
 
 def test_params_tags_resume_and_finish(logger):
     uri, run_logger = logger
     client = MlflowClient(uri)
+    run_logger.log_dict({"model": {"name": "m"}}, "config.yaml")
+    assert run_logger.close(timeout=10) is None
     run = client.get_run(run_logger.run_id)
     assert run.data.params == {"optim.lr": "0.1"} and run.data.tags["k"] == "v"
+    assert [a.path for a in client.list_artifacts(run_logger.run_id)] == ["config.yaml"]
     finish_run(uri, run_logger.run_id, "FAILED")
     resumed = RunLogger(uri, run_id=run_logger.run_id, experiment_id="", run_name="", tags={"resumed": "yes"})
     assert resumed.run_id == run_logger.run_id
     assert client.get_run(run_logger.run_id).info.status == "RUNNING"
-    finish_run(uri, run_logger.run_id)
+    resumed.close("FINISHED", timeout=10)
     run = client.get_run(run_logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "yes"
+
+
+def test_a_store_that_refuses_a_request_is_not_retried(tmp_path):
+    from fovea.track.tracking import _is_connection_problem, _with_retries
+
+    calls = []
+
+    def refused():
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
+
+        calls.append(1)
+        raise MlflowException("bad password", error_code=UNAUTHENTICATED)
+
+    with pytest.raises(Exception, match="bad password"):
+        _with_retries(refused, timeout=30)
+    assert len(calls) == 1  # a 401 is an answer, not an outage
+    assert _is_connection_problem(ConnectionError("refused"))
 
 
 def test_curves_figure(tmp_path):

@@ -48,10 +48,17 @@ def _config(dataset: Path, tracking_uri: str, storage: Path, **sections):
     return build_config(layers)
 
 
-def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, tmp_path):
+@pytest.fixture(scope="module")
+def one_worker(user_dataset, tracking_uri, tmp_path_factory):
+    """One training run on one worker, shared: the MLflow test reads it, the DDP test compares two workers to it."""
+    storage = tmp_path_factory.mktemp("one_worker")
+    return run_training(_config(user_dataset, tracking_uri, storage, train={"name": "e2e-one"}))
+
+
+def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, one_worker, tmp_path):
     manifest = load_manifest(user_dataset)
     assert manifest["classes"] == ["blue", "green", "red"]
-    summary = run_training(_config(user_dataset, tracking_uri, tmp_path, train={"name": "e2e-one"}))
+    summary = one_worker
     assert summary.epochs == 3
     assert summary.val_top1 >= 90.0, summary
 
@@ -78,6 +85,20 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, tmp_
     assert version.tags["architecture"] == "VisionTransformer"
     assert float(version.tags["val_top1"]) == pytest.approx(summary.val_top1, abs=0.01)
     assert int(version.tags["params"]) > 0 and version.tags["dataset"] == str(user_dataset)
+    # provenance: the same data, recipe and source can be recognised later
+    from fovea.data import manifest_hash
+    from fovea.models import count_macs
+
+    assert version.tags["manifest_hash"] == manifest_hash(user_dataset) == run.data.tags["fovea.manifest_hash"]
+    assert version.tags["recipe_hash"] == run.data.tags["fovea.recipe_hash"] and len(version.tags["recipe_hash"]) == 16
+    assert version.tags["git_commit"] == run.data.tags["fovea.git_commit"] != ""
+    macs = count_macs("vit_micro_convstem_32", (1, 3, 32, 32), num_classes=3, img_size=32)
+    assert float(version.tags["gmacs"]) == pytest.approx(macs / 1e9, rel=1e-3)
+    assert "val top-1" in version.description and version.tags["manifest_hash"] in version.description
+    registry = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for alias in ("challenger", "champion"):  # the model's first version: newest, and champion by the rule
+        assert registry.get_model_version_by_alias("vit_micro_convstem_32", alias).version == version.version
+    assert version.tags["promotion"].startswith("vit_micro_convstem_32 had no champion")
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pytorch.load_model(f"models:/vit_micro_convstem_32/{summary.registered_version}")
     with torch.no_grad():
@@ -85,50 +106,36 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, tmp_
     assert logits.shape == (2, 3)
 
 
-def test_two_ddp_workers_match_one(user_dataset, tracking_uri, tmp_path):
-    """Two CPU workers split the data (each sees half) and reach the same accuracy band as one."""
-    results = {}
-    for workers in (1, 2):
-        cfg = _config(
+def test_two_ddp_workers_match_one_and_score_the_val_set_once(user_dataset, tracking_uri, one_worker, tmp_path):
+    """Two CPU workers split the data (each sees half), reach the same accuracy band as one, and evaluate the whole
+    val split exactly once per epoch between them (EMA weights too)."""
+    two = run_training(
+        _config(
             user_dataset,
             tracking_uri,
             tmp_path,
-            train={"name": f"e2e-ddp{workers}"},
-            scaling={"num_workers": workers, "cpus_per_worker": 0.5},
+            train={"name": "e2e-ddp2", "ema": True, "ema_decay": 0.9},
+            scaling={"num_workers": 2, "cpus_per_worker": 0.5},
             track={"log_model": False},
         )
-        results[workers] = run_training(cfg)
-    one, two = results[1], results[2]
+    )
+    one = one_worker
     assert one.val_top1 >= 85.0 and two.val_top1 >= 85.0, (one, two)
     assert abs(one.val_top1 - two.val_top1) <= 10.0
     client = MlflowClient(tracking_uri)
     # the same number of samples per epoch in total: each of the two workers trained on its half
-    train_count = load_manifest(user_dataset)["splits"]["train"]["count"]
+    splits = load_manifest(user_dataset)["splits"]
     for summary, workers in ((one, 1), (two, 2)):
         samples = client.get_metric_history(summary.mlflow_run_id, "train_samples")
-        expected = (train_count // workers // 16) * 16 * workers
+        expected = (splits["train"]["count"] // workers // 16) * 16 * workers
         assert [int(m.value) for m in samples] == [expected] * 3
-    assert summary.registered_version is None
-
-
-def test_val_set_is_scored_once(user_dataset, tracking_uri, tmp_path):
-    """Evaluation covers the whole val split exactly once per epoch, also with two workers."""
-    cfg = _config(
-        user_dataset,
-        tracking_uri,
-        tmp_path,
-        train={"name": "e2e-valcount", "epochs": 1, "ema": True, "ema_decay": 0.9},
-        scaling={"num_workers": 2, "cpus_per_worker": 0.5},
-        track={"log_model": False},
-    )
-    summary = run_training(cfg)
-    count = load_manifest(user_dataset)["splits"]["val"]["count"]
-    scored = MlflowClient(tracking_uri).get_metric_history(summary.mlflow_run_id, "val_samples")
+    assert two.registered_version is None  # track.log_model=false
     # Ray's equal split may drop at most one row per worker to keep the shards the same length
-    assert count - 2 < scored[0].value <= count
-    ema_top1 = MlflowClient(tracking_uri).get_metric_history(summary.mlflow_run_id, "val_top1_ema")
-    assert len(ema_top1) == 1 and 0.0 <= ema_top1[0].value <= 100.0
-    assert np.isfinite(summary.val_top5)
+    scored = client.get_metric_history(two.mlflow_run_id, "val_samples")
+    assert len(scored) == 3 and all(splits["val"]["count"] - 2 < m.value <= splits["val"]["count"] for m in scored)
+    ema_top1 = client.get_metric_history(two.mlflow_run_id, "val_top1_ema")
+    assert len(ema_top1) == 3 and all(0.0 <= m.value <= 100.0 for m in ema_top1)
+    assert np.isfinite(two.val_top5)
 
 
 def test_streaming_yields_uint8_batches_in_a_new_order_each_epoch(user_dataset):

@@ -49,8 +49,9 @@ def _interrupt_after_first_trial(command: list[str], cwd: Path) -> tuple[int, st
 
 
 def test_window_sweep_skips_the_impossible_window_and_resumes_without_repeating(tmp_path):
-    # one epoch per trial: the test is about which trials run, not how well (CI time)
+    # one epoch per trial, windows 2 (fits) and 6 (does not): the test is about which trials run (CI time)
     command = [sys.executable, str(ROOT / "jobs" / "tune_window.py"), "--preset", "smoke", "train.epochs=1"]
+    command.append("tune.space.model.window_size=grid(2, 6)")
     code, first_output, first_trial = _interrupt_after_first_trial(command, tmp_path)
     assert code == 130, first_output[-3000:]
     assert first_trial is not None and "interrupted" in first_output
@@ -64,13 +65,12 @@ def test_window_sweep_skips_the_impossible_window_and_resumes_without_repeating(
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     output = rerun.stdout + rerun.stderr
-    assert "resumed: 3 trials" in output
+    assert "resumed: 2 trials" in output
     assert f"[{first_trial}] starts" not in output  # the finished trial is not trained again
-    assert re.search(r"\[\w+_\d+\] starts: window_size=4", output)
 
     parent_after, children = _sweep_runs(uri)
     assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
-    assert len(children) == 3  # one nested run per trial, none twice
+    assert len(children) == 2  # one nested run per trial, none twice
     outcomes = {c.data.params["tune.model.window_size"]: c.data.tags["fovea.trial_outcome"] for c in children}
     assert outcomes["6"] == "skipped" and outcomes["2"] in ("completed", "early_stopped")
     skipped = next(c for c in children if c.data.params["tune.model.window_size"] == "6")
@@ -83,7 +83,7 @@ def test_window_sweep_skips_the_impossible_window_and_resumes_without_repeating(
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
     assert plots == ["plots/objective_vs_window_size.png"]
     rows = list(csv.DictReader(open(client.download_artifacts(parent.info.run_id, "results.csv"))))
-    assert sorted(r["model.window_size"] for r in rows) == ["2", "4", "6"]
+    assert sorted(r["model.window_size"] for r in rows) == ["2", "6"]
     best = parent_after.data.tags["fovea.best_trial"]
     assert parent_after.data.metrics["best_val_top1"] == max(float(r["last_val_top1"] or -1) for r in rows
                                                              if r["outcome"] == "completed")  # fmt: skip

@@ -156,8 +156,45 @@ class TrackConfig(_Section):
     experiment: str = Field("fovea", description="MLflow experiment")
     registered_model_name: str = Field("", description="registry name for the final model ('' = model.name)")
     log_model: bool = Field(True, description="log the final model to the run and register it")
-    alias: str = Field("", description="registry alias to point at the new version, e.g. champion ('' = none)")
-    log_every_steps: int = Field(10, ge=1, description="per-step loss is sampled every N steps, sent per epoch")
+    challenger_alias: str = Field("challenger", description="alias every newly registered version takes ('' = none)")
+    champion_alias: str = Field("champion", description="alias the best version holds ('' = never set it)")
+    promote: Literal["if_better", "always", "never"] = Field(
+        "if_better",
+        description="when a new version takes champion_alias: if_better = when the model has no champion yet, or "
+        "when it beats the champion's promote_metric by promote_min_delta on the same dataset (manifest hash)",
+    )
+    promote_metric: Literal["val_top1", "val_top5", "val_mv_top1", "val_mv_top5"] = Field(
+        "val_top1", description="version tag compared by promote=if_better (higher is better; sweeps use tune.metric)"
+    )
+    promote_min_delta: float = Field(0.0, ge=0, description="if_better: points the new model must gain")
+    log_every_steps: int = Field(10, ge=1, description="per-step loss is sampled every N steps")
+    flush_interval_s: float = Field(
+        10.0, gt=0, description="a background thread sends buffered metrics this often (training never waits on it)"
+    )
+    flush_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="at the end, how long to wait for an unreachable tracking store before writing what it has not "
+        "received to a local file (replay it with: fovea runs sync FILE)",
+    )
+
+
+class EvalSection(_Section):
+    """``jobs/evaluate.py``: which model to score, on which split, with how many views; training jobs ignore it."""
+
+    model: str = Field(
+        "",
+        description="models:/NAME@ALIAS, models:/NAME/VERSION, NAME@ALIAS, a fovea checkpoint (file or run folder) "
+        "or a folder made by `fovea models download`",
+    )
+    split: str = Field("val", description="the prepared dataset's split to score")
+    views: Literal["single", "multi", "both"] = Field(
+        "both",
+        description="single: the centre view; multi: data.num_temporal_clips x data.num_spatial_crops views per "
+        "sample, logits averaged; both (multi only when it means more than one view)",
+    )
+    flip_views: bool = Field(False, description="multi-view: add each view's horizontal flip (doubles the views)")
+    link_version: bool = Field(True, description="tag the registered model version with this evaluation's run")
 
 
 class TuneSection(_Section):
@@ -188,12 +225,8 @@ class TuneSection(_Section):
         0, ge=0, description="trials at once (0 = as many as the cluster's CPUs/GPUs fit, see README)"
     )
     seed: int | None = Field(None, description="seed of the search algorithm (None = tune.seed from train.seed)")
-    register_best: bool = Field(True, description="register the best trial's model in the MLflow registry")
-    champion_alias: str = Field("champion", description="alias the best model may take ('' = never alias)")
-    promote: Literal["if_better", "always", "never"] = Field(
-        "if_better",
-        description="move champion_alias to the best model: if it beats the current champion on the same dataset, "
-        "always, or never",
+    register_best: bool = Field(
+        True, description="register the best trial's model; track.promote decides whether it takes track.champion_alias"
     )
     bootstrap_teacher: str = Field(
         "",
@@ -220,6 +253,7 @@ class Config(_Section):
     track: TrackConfig = TrackConfig()
     scaling: ScalingSection = ScalingSection()
     tune: TuneSection = TuneSection()
+    eval: EvalSection = EvalSection()
 
     def run_name(self) -> str:
         """The run's name: ``train.name`` or a fresh ``<model>-<timestamp>``."""
@@ -228,6 +262,19 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """Every leaf as ``{"section.field": value}``, e.g. for MLflow params."""
         return flatten(self.model_dump(mode="json"))
+
+    def recipe_hash(self) -> str:
+        """A digest of what shapes the trained model: every field but where it is recorded and named (``track``,
+        ``tune``, ``eval``, ``job``, ``train.name``, ``train.storage_path``). Equal hashes: the same recipe."""
+        import hashlib
+        import json
+
+        content = self.model_dump(mode="json")
+        for section in ("track", "tune", "eval", "job"):
+            content.pop(section, None)
+        content["train"].pop("name", None)
+        content["train"].pop("storage_path", None)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ConfigError(ValueError):

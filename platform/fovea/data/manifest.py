@@ -43,6 +43,14 @@ def manifest_path(path: str | Path) -> Path:
     return path / MANIFEST_NAME
 
 
+def manifest_hash(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a dataset's ``manifest.json`` (its classes, splits, shard lists and
+    counts): two models with the same hash were trained and scored on the same data."""
+    import hashlib
+
+    return hashlib.sha256(manifest_path(path).read_bytes()).hexdigest()[:16]
+
+
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check a dataset manifest.
 

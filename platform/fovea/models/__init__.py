@@ -4,8 +4,10 @@ Importing this package registers fovea's models in timm, so ``timm.create_model`
 """
 
 from fovea.models import c3d, cvt, mvit, timesformer, tiny, vivit  # noqa: F401  (registers every family)
+from fovea.models.bundle import is_model_dir, load_model_dir, save_model_dir
 from fovea.models.factory import (
     check_model_name,
+    count_macs,
     count_parameters,
     create_model,
     is_video_model,
@@ -17,11 +19,15 @@ from fovea.models.factory import (
 
 __all__ = [
     "check_model_name",
+    "count_macs",
     "count_parameters",
     "create_model",
+    "is_model_dir",
     "is_video_model",
     "list_models",
+    "load_model_dir",
     "load_weights",
     "register_video_model",
+    "save_model_dir",
     "window_fit_problem",
 ]

@@ -45,6 +45,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_macs(name: str, input_shape: tuple[int, ...], **create_args: Any) -> int | None:
+    """Multiply-accumulates of one forward pass of ``input_shape`` (batch included), as vision papers count them.
+
+    The model is built on the ``meta`` device (no memory, no weights), and ``FlopCounterMode`` counts its
+    convolutions and matmuls; MACs are its FLOPs / 2. On the meta device SDPA runs as plain matmuls, so attention is
+    counted (the fused CPU kernel is invisible to the counter). Returns None for a model the meta device cannot run.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **create_args).eval()
+            inputs = torch.empty(input_shape, device="meta")
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(inputs)
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return None
+    return counter.get_total_flops() // 2
+
+
 def create_model(
     name: str,
     *,

@@ -1,25 +1,26 @@
 """MLflow tracking and registry: the only package in fovea that imports mlflow."""
 
-from fovea.track.sweep import (
+from fovea.track.registry import (
     alias_exists,
     champion_decision,
-    end_trial_run,
-    log_sweep_results,
+    promote_new_version,
     registered_version_of_run,
     set_alias,
-    start_sweep_run,
-    trial_run,
 )
+from fovea.track.sweep import end_trial_run, log_sweep_results, start_sweep_run, trial_run
 from fovea.track.tracking import (
     DEFAULT_TRACKING_URI,
     TRAIN_NAME_TAG,
     RunLogger,
     ensure_experiment,
+    fallback_file,
     finish_run,
     load_registered_model,
     log_final_model,
     plot_curves,
+    replay_fallback,
     resolve_tracking_uri,
+    wait_for_store,
 )
 
 __all__ = [
@@ -30,14 +31,18 @@ __all__ = [
     "champion_decision",
     "end_trial_run",
     "log_sweep_results",
+    "promote_new_version",
     "registered_version_of_run",
     "set_alias",
     "start_sweep_run",
     "trial_run",
     "ensure_experiment",
+    "fallback_file",
     "finish_run",
     "load_registered_model",
     "log_final_model",
     "plot_curves",
+    "replay_fallback",
     "resolve_tracking_uri",
+    "wait_for_store",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fovea.track.tracking import _client, _first_line
+from fovea.track.tracking import _client
 
 SWEEP_NAME_TAG = "fovea.sweep"
 TRIAL_ID_TAG = "fovea.trial_id"
@@ -116,70 +116,3 @@ def log_sweep_results(
     client.log_batch(run_id, metrics=[Metric(key, float(value), 0, 0) for key, value in metrics.items()])
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-
-
-def champion_decision(
-    uri: str,
-    name: str,
-    alias: str,
-    *,
-    dataset: str,
-    score: float,
-    metric: str,
-    mode: str,
-    policy: str,
-    version: str | None = None,
-) -> tuple[bool, str]:
-    """Whether the new best model takes ``alias``, and why (one line for the console and the parent run).
-
-    ``if_better`` compares the sweep's score with the champion's own ``metric`` tag, only when the champion was
-    trained on the same dataset; a champion of another dataset is never replaced by this rule.
-    """
-    from mlflow.exceptions import MlflowException
-
-    if not alias or policy == "never":
-        return False, "no alias set (tune.promote=never or tune.champion_alias='')"
-    if policy == "always":
-        return True, f"{alias} set (tune.promote=always)"
-    try:
-        current = _client(uri).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return True, f"{name} had no {alias}: this model takes it"
-    theirs = current.tags.get(metric)
-    if version is not None and str(current.version) == str(version):
-        return False, f"version {version} is already {alias}"
-    if current.tags.get("dataset") != dataset:
-        other = current.tags.get("dataset")
-        return False, f"{alias} is version {current.version}, trained on another dataset ({other}); left as it is"
-    if theirs is None:
-        return False, f"{alias} version {current.version} records no {metric}; not compared"
-    better = score > float(theirs) if mode == "max" else score < float(theirs)
-    verdict = "beats" if better else "does not beat"
-    return better, f"{metric} {score:.2f} {verdict} {alias} version {current.version} ({float(theirs):.2f})"
-
-
-def set_alias(uri: str, name: str, alias: str, version: str) -> None:
-    _client(uri).set_registered_model_alias(name, alias, version)
-
-
-def registered_version_of_run(uri: str, name: str, run_id: str) -> str | None:
-    """The version of ``name`` registered from ``run_id``, if any (rerunning a finished sweep registers nothing)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = _client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException as err:
-        print(f"warning: could not search the registry ({_first_line(err)})")
-        return None
-    return str(max(int(v.version) for v in versions)) if versions else None
-
-
-def alias_exists(uri: str, name: str, alias: str) -> bool:
-    """Whether the registry at ``uri`` has ``name@alias``."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        _client(uri).get_model_version_by_alias(name, alias)
-        return True
-    except MlflowException:
-        return False

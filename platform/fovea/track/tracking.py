@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,7 +78,19 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 class RunLogger:
-    """Logs one training run from rank 0: params, batched step metrics, epoch metrics and artifacts.
+    """Logs one training run from rank 0 without slowing it down, and without losing anything in an outage.
+
+    The training thread only appends to an in-memory buffer (metrics, the config, the curves' history); a daemon
+    thread sends it every ``flush_interval_s``, metrics in batches of up to 900 per ``log_batch`` call, and renders
+    and uploads the curves figure (only the newest one: older pending figures are replaced). When the tracking
+    store cannot be reached, the buffer keeps everything and the thread retries, every 2 s at first and then less
+    often (at most every 30 s); one warning says so, and one line says when the store is back. ``close`` waits up
+    to ``timeout`` for the store to take the rest, then writes what is still unsent to ``<fallback_dir>/<run_id>
+    .jsonl`` with a warning (``fovea runs sync FILE`` replays it).
+
+    ``blocking_s`` is the time the training thread spent in tracking (construction included), ``send_s`` the
+    sender thread's time in calls to the store. With an ``http(s)`` store, MLflow's own HTTP retries are cut to one
+    in this process (environment defaults; the user's settings win), so the sender notices an outage in seconds.
 
     Args:
         uri: tracking URI (absolute, see ``resolve_tracking_uri``).
@@ -85,6 +99,9 @@ class RunLogger:
         run_name: name of a new run.
         params: flat ``{name: value}`` logged once on a new run.
         tags: tags set on the run.
+        flush_interval_s: how often the sender thread sends the buffer.
+        fallback_dir: where ``close`` writes what the store never took (default ``$FOVEA_HOME/tracking_fallback``).
+        start_timeout_s: how long creating or reopening the run may wait for an unreachable store.
     """
 
     def __init__(
@@ -96,64 +113,344 @@ class RunLogger:
         run_name: str,
         params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
+        flush_interval_s: float = 10.0,
+        fallback_dir: str | Path | None = None,
+        start_timeout_s: float = 60.0,
     ) -> None:
+        started = self.started = time.perf_counter()
+        if uri.startswith(("http://", "https://")):
+            # The sender thread does the retrying: MLflow's own HTTP retries (7, with growing back-off) would hide an
+            # outage from it for minutes. Settings the user made win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.uri = uri
+        self.client: Any = None  # made by the sender thread (importing MLflow takes a second of CPU)
+        self.flush_interval_s = flush_interval_s
+        self.fallback_dir = Path(fallback_dir) if fallback_dir else None
+        self.start_timeout_s = start_timeout_s
+        self.blocking_s = self.send_s = 0.0
+        self.sent_metrics = 0
+        self._run_id = run_id
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self._metrics: list[Any] = []
+        self._artifacts: dict[str, tuple[str, Any]] = {}  # artifact file -> (kind, payload): the newest only
+        self._cond = threading.Condition()
+        self._draining = self._stopped = False
+        self._down_since: float | None = None
+        opening = dict(experiment_id=experiment_id, run_name=run_name, params=params or {}, tags=tags or {})
+        self._thread = threading.Thread(
+            target=self._send_loop, args=(opening,), name="fovea-mlflow-sender", daemon=True
+        )
+        self._thread.start()
+        self.blocking_s += time.perf_counter() - started
 
-        self.client = _client(uri)
-        self._pending: list[Any] = []
-        self._warned = False
-        if run_id is None:
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
-            self.run_id = run.info.run_id
-            self._log_params(params or {})
-        else:
-            self.run_id = run_id
-            self._call(self.client.update_run, run_id, status="RUNNING")
-            for key, value in (tags or {}).items():
-                self._call(self.client.set_tag, run_id, key, value)
+    @property
+    def run_id(self) -> str:
+        """The run's id. The sender thread creates (or reopens) the run, so the first call may wait for it.
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> bool:
-        try:
-            fn(*args, **kwargs)
-            return True
-        except Exception as err:  # the tracking store being down must not stop training
-            if not self._warned:
-                log.warning("MLflow tracking failed (%s); training goes on, metrics are kept and retried", err)
-                print(f"warning: MLflow tracking failed ({type(err).__name__}); training goes on", flush=True)
-                self._warned = True
-            return False
+        Raises:
+            RuntimeError: the run could not be created or reopened within ``start_timeout_s`` (one line).
+        """
+        started = time.perf_counter()
+        ready = self._opened.wait(timeout=self.start_timeout_s)
+        self.blocking_s += time.perf_counter() - started
+        if not ready or self._open_error is not None or self._run_id is None:
+            reason = _first_line(self._open_error) if self._open_error else f"no answer in {self.start_timeout_s} s"
+            raise RuntimeError(f"could not open an MLflow run at {self.uri}: {reason}")
+        return self._run_id
 
-    def _log_params(self, params: dict[str, Any]) -> None:
+    def _open(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """Create the run (with its params) or reopen the given one; retried while the store is unreachable."""
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            self._call(self.client.log_batch, self.run_id, params=items[start : start + 100])
+        timeout = self.start_timeout_s
+        self.client = _client(self.uri)
+        if self._run_id is None:
+            run = _with_retries(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), timeout)
+            self._run_id = run.info.run_id
+            items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+            for start in range(0, len(items), 100):
+                batch = items[start : start + 100]
+                _with_retries(lambda b=batch: self.client.log_batch(self._run_id, params=b), timeout)
+        else:
+            _with_retries(lambda: self.client.update_run(self._run_id, status="RUNNING"), timeout)
+            for key, value in tags.items():
+                _with_retries(lambda k=key, v=value: self.client.set_tag(self._run_id, k, v), timeout)
+
+    # --- the training thread's side: append and return -----------------------------------------------------------
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue metrics for ``step``; they are sent on the next ``flush``."""
-        from mlflow.entities import Metric
-
+        """Buffer metrics for ``step`` (timestamped now); the sender thread sends them."""
+        started = time.perf_counter()
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-
-    def flush(self) -> bool:
-        """Send everything queued, in batches; keeps what could not be sent. Returns True when the queue is empty."""
-        while self._pending:
-            chunk = self._pending[:MAX_BATCH]
-            if not self._call(self.client.log_batch, self.run_id, metrics=chunk):
-                return False
-            del self._pending[: len(chunk)]
-        return True
+        with self._cond:  # plain tuples: MLflow's Metric objects are made by the sender thread
+            self._metrics.extend((key, float(value), now, step) for key, value in metrics.items())
+        self.blocking_s += time.perf_counter() - started
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self._call(self.client.log_dict, self.run_id, data, artifact_file)
+        """Buffer a JSON/YAML artifact (a copy is taken now)."""
+        started = time.perf_counter()
+        with self._cond:
+            self._artifacts[artifact_file] = ("dict", json.loads(json.dumps(data)))
+        self.blocking_s += time.perf_counter() - started
 
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self._call(self.client.log_figure, self.run_id, figure, artifact_file)
+    def log_curves(self, history: Iterable[dict[str, float]], artifact_file: str = "training_curves.png") -> None:
+        """Buffer the curves of ``history``; the sender thread draws them (``plot_curves``) and uploads the PNG."""
+        started = time.perf_counter()
+        with self._cond:
+            self._artifacts[artifact_file] = ("curves", [dict(row) for row in history])
+        self.blocking_s += time.perf_counter() - started
 
-    def set_terminated(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self._call(self.client.set_terminated, self.run_id, status)
+    def flush(self, timeout: float = 0.0) -> bool:
+        """Ask the sender to send now; wait up to ``timeout`` seconds for the buffer to empty. True when empty."""
+        started = time.perf_counter()
+        with self._cond:
+            self._cond.notify_all()
+            if timeout > 0:
+                self._cond.wait_for(
+                    lambda: self._empty() or self._stopped or not self._thread.is_alive(), timeout=timeout
+                )
+            empty = self._empty()
+        self.blocking_s += time.perf_counter() - started
+        return empty
+
+    def pending(self) -> int:
+        """Metrics and artifacts not yet taken by the store."""
+        with self._cond:
+            return len(self._metrics) + len(self._artifacts)
+
+    def close(self, status: str | None = None, timeout: float = 300.0) -> Path | None:
+        """Send what is buffered (waiting up to ``timeout`` s for an unreachable store), stop the sender, and end the
+        run with ``status`` (None leaves it running: the driver ends it once the model is logged).
+
+        Returns:
+            The fallback file when the store did not take everything in time (nothing is dropped), else None.
+        """
+        started = time.perf_counter()
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._empty() or self._stopped or not self._thread.is_alive(), timeout=timeout)
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=60)
+        fallback = None
+        with self._cond:
+            if not self._empty() and self._run_id is not None:
+                fallback = self._write_fallback(status)
+        if fallback is None and status is not None and self.client is not None and self._run_id is not None:
+            try:
+                self.client.set_terminated(self._run_id, status)
+            except Exception as err:  # the store went away again: the driver or a rerun ends the run
+                log.warning("could not end MLflow run %s: %s", self._run_id, err)
+        self.blocking_s += time.perf_counter() - started
+        return fallback
+
+    # --- the sender thread ---------------------------------------------------------------------------------------
+
+    def _empty(self) -> bool:
+        return not self._metrics and not self._artifacts
+
+    def _send_loop(self, opening: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            self._open(**opening)
+        except Exception as err:  # reported by run_id; what was buffered goes to the fallback file on close
+            self._open_error = err
+            print(f"warning: could not open the MLflow run at {self.uri} ({_first_line(err)[:200]})", flush=True)
+            return
+        finally:
+            self.send_s += time.perf_counter() - started
+            self._opened.set()
+        while True:
+            with self._cond:
+                if not self._stopped:
+                    if self._down_since is not None:  # retrying: soon at first, then less often; soon when closing
+                        outage = time.monotonic() - self._down_since
+                        wait = 2.0 if self._draining else min(30.0, max(2.0, outage))
+                    elif self._draining:
+                        wait = 0.2 if self._empty() else 0.0
+                    else:
+                        wait = self.flush_interval_s
+                    if wait:
+                        self._cond.wait(timeout=wait)  # flush() and close() wake it early
+                if self._stopped:
+                    return
+            self._send_pending()
+            with self._cond:
+                self._cond.notify_all()  # wake flush()/close() waiting for an empty buffer
+
+    def _send_pending(self) -> None:
+        """Send everything buffered now; what fails stays buffered (in order) for the next attempt."""
+        from mlflow.entities import Metric
+
+        started = time.perf_counter()
+        try:
+            while True:
+                with self._cond:
+                    chunk = self._metrics[:MAX_BATCH]
+                if not chunk:
+                    break
+                self.client.log_batch(self._run_id, metrics=[Metric(*item) for item in chunk])
+                with self._cond:
+                    del self._metrics[: len(chunk)]  # only this thread removes, always from the front
+                self.sent_metrics += len(chunk)
+            with self._cond:
+                artifacts = dict(self._artifacts)
+            for artifact_file, (kind, payload) in artifacts.items():
+                if kind == "dict":
+                    self.client.log_dict(self._run_id, payload, artifact_file)
+                else:
+                    figure = plot_curves(payload)
+                    self.client.log_figure(self._run_id, figure, artifact_file)
+                with self._cond:
+                    if self._artifacts.get(artifact_file, (None, None))[1] is payload:  # not replaced meanwhile
+                        del self._artifacts[artifact_file]
+        except Exception as err:  # the tracking store being down must not stop training: keep and retry
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                print(
+                    f"warning: MLflow tracking store unreachable ({type(err).__name__}: {_first_line(err)[:160]}); "
+                    f"training goes on, {self.pending()} metrics/artifacts held and retried",
+                    flush=True,
+                )
+            self._warned = True
+        else:
+            if self._down_since is not None:
+                print(
+                    f"MLflow tracking store reachable again after {time.monotonic() - self._down_since:.0f} s: "
+                    "held metrics sent",
+                    flush=True,
+                )
+                self._down_since = None
+        finally:
+            self.send_s += time.perf_counter() - started
+
+    def _write_fallback(self, status: str | None) -> Path:
+        """Write the unsent buffer as JSON lines (a header, then metrics and artifacts); called under the lock."""
+        from fovea.paths import fovea_home
+
+        folder = self.fallback_dir or fovea_home() / "tracking_fallback"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self._run_id}.jsonl"
+        with path.open("a") as out:
+            out.write(json.dumps({"run_id": self._run_id, "tracking_uri": self.uri, "status": status}) + "\n")
+            for key, value, timestamp, step in self._metrics:
+                record = {"key": key, "value": value, "timestamp": timestamp, "step": step}
+                out.write(json.dumps({"metric": record}) + "\n")
+            for artifact_file, (kind, payload) in self._artifacts.items():
+                out.write(json.dumps({"artifact": artifact_file, "kind": kind, "payload": payload}) + "\n")
+        count = len(self._metrics)
+        print(
+            f"warning: the MLflow tracking store at {self.uri} did not come back in time: {count} metrics and "
+            f"{len(self._artifacts)} artifacts of run {self._run_id} were written to {path} on {socket.gethostname()}; "
+            f"send them with: fovea runs sync {path}",
+            flush=True,
+        )
+        self._metrics.clear()
+        self._artifacts.clear()
+        return path
+
+
+def replay_fallback(path: str | Path, uri: str = "") -> dict[str, Any]:
+    """Send a fallback file written by ``RunLogger.close`` to its run, then rename it ``*.sent``.
+
+    Args:
+        path: the ``<run_id>.jsonl`` file.
+        uri: tracking URI ('' = the one recorded in the file).
+
+    Returns:
+        ``{"run_id", "tracking_uri", "metrics", "artifacts", "status"}``: what was sent.
+
+    Raises:
+        ValueError: a file that is not a fovea fallback file (one line).
+    """
+    from mlflow.entities import Metric
+
+    path = Path(path)
+    try:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a fovea tracking fallback file ({err})") from None
+    headers = [line for line in lines if "run_id" in line]
+    if not headers:
+        raise ValueError(f"{path}: not a fovea tracking fallback file (no header line)")
+    run_id = headers[0]["run_id"]
+    uri = uri or headers[0]["tracking_uri"]
+    client = _client(uri)
+    metrics = [Metric(**line["metric"]) for line in lines if "metric" in line]
+    for start in range(0, len(metrics), MAX_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
+    artifacts = [line for line in lines if "artifact" in line]
+    for line in artifacts:
+        if line["kind"] == "dict":
+            client.log_dict(run_id, line["payload"], line["artifact"])
+        else:
+            client.log_figure(run_id, plot_curves(line["payload"]), line["artifact"])
+    status = next((h["status"] for h in reversed(headers) if h.get("status")), None)
+    if status:
+        client.set_terminated(run_id, status)
+    path.rename(path.with_name(path.name + ".sent"))
+    return {
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "metrics": len(metrics),
+        "artifacts": len(artifacts),
+        "status": status,
+    }
+
+
+def fallback_file(run_id: str) -> Path:
+    """Where this machine's ``RunLogger.close`` writes the unsent part of ``run_id`` (by default)."""
+    from fovea.paths import fovea_home
+
+    return fovea_home() / "tracking_fallback" / f"{run_id}.jsonl"
+
+
+def wait_for_store(uri: str, timeout: float) -> bool:
+    """Whether the tracking store at ``uri`` answers within ``timeout`` seconds (polled every few seconds)."""
+    client = _client(uri)
+    deadline = time.monotonic() + timeout
+    warned = False
+    while True:
+        try:
+            client.search_experiments(max_results=1)
+            return True
+        except Exception as err:
+            if not _is_connection_problem(err):
+                raise
+            if time.monotonic() + 3 > deadline:
+                return False
+            if not warned:
+                print(f"waiting up to {timeout:.0f} s for the MLflow tracking store at {uri} ...", flush=True)
+                warned = True
+            time.sleep(3)
+
+
+def _with_retries(call: Any, timeout: float) -> Any:
+    """``call()``, retried every few seconds while the store is unreachable, for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if time.monotonic() + delay > deadline or not _is_connection_problem(err):
+                raise
+            print(f"warning: MLflow tracking store unreachable ({type(err).__name__}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+
+def _is_connection_problem(err: BaseException) -> bool:
+    """An error a later attempt may not meet (store unreachable or failing), not a request the store refuses (4xx)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return not 400 <= err.get_http_status_code() < 500
+    return isinstance(err, OSError | ConnectionError | TimeoutError)
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

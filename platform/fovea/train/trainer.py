@@ -31,6 +31,8 @@ class TrainSummary:
     registered_model: str | None
     registered_version: str | None
     dataset: str
+    promotion: str = ""
+    model_logging_s: float = 0.0
 
     def describe(self) -> str:
         lines = [
@@ -49,6 +51,10 @@ class TrainSummary:
             f"dataset        {self.dataset}",
         ]
         lines += tracking_lines(self.mlflow_run_id, self.tracking_uri, self.registered_model, self.registered_version)
+        if self.registered_version and self.model_logging_s:
+            lines[-1] += f"  (logged and registered in {self.model_logging_s:.1f} s)"
+        if self.promotion:
+            lines.append(f"promotion      {self.promotion}")
         return "\n".join(lines)
 
 
@@ -211,11 +217,18 @@ def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_tags(cfg: Config, dataset_dir: Path) -> dict[str, str]:
-    """Tags every fovea run carries in MLflow."""
+    """Tags every fovea run carries in MLflow: what trained it, on which data, from which source and recipe."""
+    from fovea.data import manifest_hash
+    from fovea.provenance import git_commit
+
     return {
         "fovea.job": cfg.job,
+        "fovea.role": "train",
         "fovea.model": cfg.model.name,
         "fovea.dataset": str(dataset_dir),
+        "fovea.manifest_hash": manifest_hash(dataset_dir),
+        "fovea.recipe_hash": cfg.recipe_hash(),
+        "fovea.git_commit": git_commit(),
         "fovea.host": socket.gethostname(),
     }
 
@@ -366,8 +379,14 @@ def run_training(cfg: Config) -> TrainSummary:
     last = history[-1]
     run_id = state.get("mlflow_run_id")
     registered_name = version = None
-    if cfg.track.enabled and run_id:
-        registered_name, version = log_final_model_of(cfg, state, tracking_uri, run_id, classes, dataset_dir, last)
+    promotion = ""
+    logging_started = time.time()
+    if cfg.track.enabled and run_id and store_is_back(tracking_uri, run_id, cfg.track.flush_timeout_s):
+        registered_name, version, promotion = log_final_model_of(
+            cfg, state, tracking_uri, run_id, classes, dataset_dir, last
+        )
+    elif cfg.track.enabled and run_id:
+        promotion = "the final model was not logged: the tracking store did not come back (checkpoint kept above)"
     return TrainSummary(
         run_name=run_name,
         epochs=int(last["epoch"]),
@@ -383,7 +402,24 @@ def run_training(cfg: Config) -> TrainSummary:
         registered_model=registered_name,
         registered_version=version,
         dataset=str(dataset_dir),
+        promotion=promotion,
+        model_logging_s=time.time() - logging_started if version else 0.0,
     )
+
+
+def store_is_back(tracking_uri: str, run_id: str, timeout: float) -> bool:
+    """Before the driver logs the final model: wait for the tracking store (up to ``timeout`` s) and send what the
+    worker could not (its fallback file on this machine). False when the store stayed unreachable."""
+    from fovea.track import fallback_file, replay_fallback, wait_for_store
+
+    if not wait_for_store(tracking_uri, timeout):
+        print(f"warning: the MLflow tracking store at {tracking_uri} is unreachable", flush=True)
+        return False
+    pending = fallback_file(run_id)
+    if pending.is_file():
+        sent = replay_fallback(pending, tracking_uri)
+        print(f"sent {sent['metrics']} held metrics and {sent['artifacts']} artifacts from {pending}", flush=True)
+    return True
 
 
 def log_final_model_of(
@@ -395,35 +431,38 @@ def log_final_model_of(
     dataset_dir: Path,
     last: dict[str, float],
     *,
-    alias: str | None = None,
+    promote: bool = True,
     extra_tags: dict[str, str] | None = None,
-) -> tuple[str | None, str | None]:
+) -> tuple[str | None, str | None, str]:
     """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version.
 
+    The version is tagged with what it is and where it came from (architecture, dataset and manifest hash, val
+    top-1/top-5, parameters, GMACs, git commit, recipe hash), takes ``track.challenger_alias``, and takes
+    ``track.champion_alias`` when ``track.promote``'s rule says so.
+
     Args:
-        alias: registry alias for the new version (None = ``track.alias``).
+        promote: apply the promotion rule (a sweep applies its own, on ``tune.metric``).
         extra_tags: more version tags (a sweep's name and trial).
+
+    Returns:
+        ``(registered name, version, promotion line)``; name and version are None when nothing was registered.
     """
     import numpy as np
 
-    from fovea.models import count_parameters, create_model, is_video_model
-    from fovea.track import finish_run, log_final_model
+    from fovea.data import manifest_hash
+    from fovea.models import count_macs, count_parameters, create_model, is_video_model
+    from fovea.provenance import git_commit
+    from fovea.track import finish_run, log_final_model, promote_new_version
     from fovea.train.loop import normalization
 
     video = is_video_model(cfg.model.name)
-    model = create_model(
-        cfg.model.name,
-        num_classes=len(classes),
-        img_size=cfg.model.img_size,
-        window_size=cfg.model.window_size,
-        **model_input_args(cfg),
-        **cfg.model.kwargs,
-    )
+    create_kwargs = model_create_args(cfg, num_classes=len(classes))
+    model = create_model(cfg.model.name, **create_kwargs)
     model.load_state_dict(state["model"])
     model.eval()
     mean, std = normalization(model, cfg.data)
     registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
-    version = None
+    version, promotion = None, ""
     if cfg.track.log_model:
         size = cfg.model.img_size
         frames = (cfg.data.num_frames,) if video else ()
@@ -433,6 +472,9 @@ def log_final_model_of(
             if video
             else (f"(N, 3, {size}, {size}) normalised images")
         )
+        macs = count_macs(cfg.model.name, example.shape, **create_kwargs)
+        data_hash = manifest_hash(dataset_dir)
+        commit = git_commit()
         version = log_final_model(
             tracking_uri,
             run_id,
@@ -443,20 +485,34 @@ def log_final_model_of(
                 "architecture": type(model).__name__,
                 "model_name": cfg.model.name,
                 "dataset": str(dataset_dir),
+                "manifest_hash": data_hash,
                 "val_top1": f"{last['val_top1']:.2f}",
                 "val_top5": f"{last['val_top5']:.2f}",
+                **{key: f"{last[key]:.2f}" for key in ("val_mv_top1", "val_mv_top5") if key in last},
+                "epochs": str(int(last["epoch"])),
                 "params": str(count_parameters(model)),
+                "gmacs": f"{macs / 1e9:.4g}" if macs is not None else "unknown",
                 "img_size": str(cfg.model.img_size),
+                **({"num_frames": str(cfg.data.num_frames)} if video else {}),
                 "num_classes": str(len(classes)),
+                "git_commit": commit,
+                "recipe_hash": cfg.recipe_hash(),
+                "job": cfg.job,
                 **(extra_tags or {}),
             },
             description=(
-                f"{cfg.model.name} trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir}; "
-                f"val top-1 {last['val_top1']:.2f}%. Input: float32 {shape}; output: logits over classes.json."
+                f"{cfg.model.name} ({type(model).__name__}, {count_parameters(model) / 1e6:.2f}M parameters"
+                + (f", {macs / 1e9:.3g} GMACs per view" if macs is not None else "")
+                + f") trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir} "
+                f"(manifest {data_hash}); val top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%. "
+                f"Input: float32 {shape}, normalised with mean {tuple(round(m, 4) for m in mean)} and std "
+                f"{tuple(round(v, 4) for v in std)}; output: logits over the classes in model_info/classes.json. "
+                f"Source: git {commit}."
             ),
             classes=classes,
             metadata={
                 "model_name": cfg.model.name,
+                "create_kwargs": create_kwargs,
                 "img_size": cfg.model.img_size,
                 "mean": list(mean),
                 "std": list(std),
@@ -470,10 +526,36 @@ def log_final_model_of(
                     else {}
                 ),
             },
-            alias=cfg.track.alias if alias is None else alias,
         )
+        if version is not None and promote:
+            metric = cfg.track.promote_metric
+            if metric not in last:
+                promotion = f"champion left as it is: this run has no {metric} (track.promote_metric)"
+            else:
+                _, promotion = promote_new_version(
+                    tracking_uri,
+                    registered_name,
+                    version,
+                    score=float(last[metric]),
+                    metric=metric,
+                    policy=cfg.track.promote,
+                    champion_alias=cfg.track.champion_alias,
+                    challenger_alias=cfg.track.challenger_alias,
+                    min_delta=cfg.track.promote_min_delta,
+                    dataset=str(dataset_dir),
+                    manifest_hash=data_hash,
+                )
     finish_run(tracking_uri, run_id)
-    return registered_name, version
+    return registered_name, version, promotion
+
+
+def model_create_args(cfg: Config, *, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments ``create_model(cfg.model.name, **args)`` rebuilds the trained architecture with (no
+    weights: those come from the checkpoint); recorded in the registered model's metadata as ``create_kwargs``."""
+    args: dict[str, Any] = {"num_classes": num_classes, "img_size": cfg.model.img_size, **model_input_args(cfg)}
+    if cfg.model.window_size is not None:
+        args["window_size"] = cfg.model.window_size
+    return {**args, **cfg.model.kwargs}
 
 
 def model_input_args(cfg: Config) -> dict[str, Any]:

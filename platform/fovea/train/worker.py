@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     run_id = loop_config.get("run_id") or run_id
     tracker = None
     if rank == 0 and loop_config.get("tracking_uri"):
-        from fovea.track import RunLogger, plot_curves
+        from fovea.track import RunLogger
 
         tracker = RunLogger(
             loop_config["tracking_uri"],
@@ -139,8 +140,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             run_name=loop_config["run_name"],
             params=cfg.flat(),
             tags=loop_config.get("run_tags", {}),
+            flush_interval_s=cfg.track.flush_interval_s,
         )
-        run_id = tracker.run_id
         if checkpoint is None or loop_config.get("run_id"):
             tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")
 
@@ -250,8 +251,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             history.append(metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=epoch + 1)
-                tracker.flush()
-                tracker.log_figure(plot_curves(history), "training_curves.png")
+                tracker.log_curves(history)
+                tracker.flush()  # a nudge: the sender thread sends now, training goes on
+            if tracker is not None:
+                run_id = tracker.run_id  # a new run is created by the sender thread: ready long before this
             with tempfile.TemporaryDirectory() as directory:
                 ray_checkpoint = None
                 if rank == 0:
@@ -276,10 +279,23 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 print(prefix + format_progress(metrics, cfg.train.epochs), flush=True)
     except BaseException:
         if tracker is not None:
-            tracker.set_terminated("FAILED")
+            tracker.close("FAILED", timeout=min(30.0, cfg.track.flush_timeout_s))
         raise
     if tracker is not None:
-        tracker.flush()
+        _close_tracker(tracker, cfg.track.flush_timeout_s, prefix)
+
+
+def _close_tracker(tracker: Any, timeout: float, prefix: str) -> None:
+    """Send the rest (waiting up to ``timeout`` s for an unreachable store) and report tracking's cost."""
+    wall = time.perf_counter() - tracker.started
+    tracker.log_metrics({"tracking_blocking_s": tracker.blocking_s, "tracking_send_s": tracker.send_s}, step=0)
+    fallback = tracker.close(status=None, timeout=timeout)
+    print(
+        f"{prefix}tracking: {tracker.blocking_s:.3f} s on the training thread ({100 * tracker.blocking_s / wall:.2f}% "
+        f"of {wall:.1f} s), {tracker.send_s:.2f} s sending in the background, {tracker.sent_metrics} metrics sent"
+        + (f"; the rest is in {fallback}" if fallback else ""),
+        flush=True,
+    )
 
 
 def _build_teacher(

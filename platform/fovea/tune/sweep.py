@@ -380,7 +380,8 @@ def _maybe_bootstrap_teacher(cfg: Config, teacher_presets: Path | None) -> None:
                     "uri": cfg.track.uri,
                     "experiment": cfg.track.experiment,
                     "registered_model_name": name,
-                    "alias": alias,
+                    "champion_alias": alias,  # the registry lacks NAME@ALIAS: the new version takes it
+                    "promote": "always",
                 },
             },
         ]
@@ -686,7 +687,8 @@ def _record_in_mlflow(
 
 def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) -> None:
     """Log the best trial's final model to its run, register it, and move the champion alias when it earns it."""
-    from fovea.track import champion_decision, registered_version_of_run, set_alias
+    from fovea.data import manifest_hash
+    from fovea.track import log_sweep_results, promote_new_version, registered_version_of_run
     from fovea.train.trainer import log_final_model_of, read_state
 
     best = summary.best
@@ -697,7 +699,7 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
     if version is None:  # a rerun of a finished sweep registers nothing twice
         state = read_state(best["checkpoint_path"])
         history = json.loads(state["history"])
-        _, version = log_final_model_of(
+        _, version, _ = log_final_model_of(
             best_cfg,
             state,
             uri,
@@ -705,7 +707,7 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
             context.manifest["classes"],
             Path(context.dataset_dir),
             history[-1],
-            alias="",
+            promote=False,
             extra_tags={
                 "sweep": summary.name,
                 "trial_id": str(best["trial_id"]),
@@ -715,24 +717,20 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
     summary.registered_model, summary.registered_version = name, version
     if version is None:
         return
-    promote, why = champion_decision(
+    _, summary.promotion = promote_new_version(
         uri,
         name,
-        cfg.tune.champion_alias,
-        dataset=context.dataset_dir,
+        version,
         score=best["last"],
         metric=cfg.tune.metric,
         mode=cfg.tune.mode,
-        policy=cfg.tune.promote,
-        version=version,
+        policy=cfg.track.promote,
+        champion_alias=cfg.track.champion_alias,
+        challenger_alias=cfg.track.challenger_alias,
+        min_delta=cfg.track.promote_min_delta,
+        dataset=context.dataset_dir,
+        manifest_hash=manifest_hash(context.dataset_dir),
     )
-    current = None
-    if promote:
-        set_alias(uri, name, cfg.tune.champion_alias, version)
-        current = version
-    summary.promotion = why + (f": {name}@{cfg.tune.champion_alias} -> version {current}" if current else "")
-    from fovea.track import log_sweep_results
-
     log_sweep_results(
         uri,
         summary.parent_run_id,

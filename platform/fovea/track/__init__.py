@@ -1,5 +1,6 @@
 """MLflow tracking and registry: the only package in fovea that imports mlflow."""
 
+from fovea.track.evaluation import log_evaluation, run_params
 from fovea.track.registry import (
     alias_exists,
     champion_decision,
@@ -45,4 +46,6 @@ __all__ = [
     "replay_fallback",
     "resolve_tracking_uri",
     "wait_for_store",
+    "log_evaluation",
+    "run_params",
 ]

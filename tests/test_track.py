@@ -209,3 +209,20 @@ def test_versions_register_in_the_given_store_whatever_mlflow_was_pointed_at(tmp
 
 def _client_for(uri: str) -> MlflowClient:
     return MlflowClient(uri, registry_uri=uri)
+
+
+def test_final_curves_are_drawn_from_the_stored_metrics(tmp_path):
+    from mlflow.entities import Metric
+
+    from fovea.track import log_curves_from_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(ensure_experiment(uri, "curves")).info.run_id
+    assert log_curves_from_run(uri, run_id) is False  # nothing to draw yet
+    rows = [Metric(key, value * epoch, 0, epoch) for epoch in (1, 2, 3) for key, value in
+            (("train_loss", 1.0), ("val_loss", 0.5), ("val_top1", 20.0), ("val_top5", 30.0))]  # fmt: skip
+    client.log_batch(run_id, metrics=rows)
+    assert log_curves_from_run(uri, run_id) is True
+    png = Path(client.download_artifacts(run_id, "training_curves.png", str(tmp_path)))
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fovea.track.tracking import _client
+from fovea.track.tracking import _client, log_curves_from_run
 
 SWEEP_NAME_TAG = "fovea.sweep"
 TRIAL_ID_TAG = "fovea.trial_id"
@@ -93,6 +93,8 @@ def end_trial_run(
     if epochs is not None:
         metrics.append(Metric("epochs_trained", float(epochs), 0, 0))
     client.log_batch(run_id, metrics=metrics)
+    if outcome != "skipped":
+        log_curves_from_run(uri, run_id)
     client.set_terminated(run_id, status)
 
 

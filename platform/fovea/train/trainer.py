@@ -408,9 +408,10 @@ def run_training(cfg: Config) -> TrainSummary:
 
 
 def store_is_back(tracking_uri: str, run_id: str, timeout: float) -> bool:
-    """Before the driver logs the final model: wait for the tracking store (up to ``timeout`` s) and send what the
-    worker could not (its fallback file on this machine). False when the store stayed unreachable."""
-    from fovea.track import fallback_file, replay_fallback, wait_for_store
+    """Before the driver logs the final model: wait for the tracking store (up to ``timeout`` s), send what the
+    worker could not (its fallback file on this machine) and draw the run's curves. False when the store stayed
+    unreachable."""
+    from fovea.track import fallback_file, log_curves_from_run, replay_fallback, wait_for_store
 
     if not wait_for_store(tracking_uri, timeout):
         print(f"warning: the MLflow tracking store at {tracking_uri} is unreachable", flush=True)
@@ -419,6 +420,7 @@ def store_is_back(tracking_uri: str, run_id: str, timeout: float) -> bool:
     if pending.is_file():
         sent = replay_fallback(pending, tracking_uri)
         print(f"sent {sent['metrics']} held metrics and {sent['artifacts']} artifacts from {pending}", flush=True)
+    log_curves_from_run(tracking_uri, run_id)
     return True
 
 

@@ -31,6 +31,7 @@ from fovea.train.loop import (
 from fovea.train.trainer import model_input_args
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CURVES_EVERY_S = 300.0  # rank 0 redraws training_curves.png at most this often (MLflow's UI charts metrics live)
 
 
 def _sum_across_workers(values: list[float], device: torch.device) -> list[float]:
@@ -187,6 +188,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 flush=True,
             )
     last_epoch = min(cfg.train.epochs, loop_config.get("stop_at_epoch") or cfg.train.epochs)
+    curves_drawn = time.perf_counter()
     prefix = loop_config.get("progress_prefix", "")
     try:
         for epoch in range(start_epoch, last_epoch):
@@ -251,7 +253,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             history.append(metrics)
             if tracker is not None:
                 tracker.log_metrics(metrics, step=epoch + 1)
-                tracker.log_curves(history)
+                if epoch + 1 < last_epoch and time.perf_counter() - curves_drawn > CURVES_EVERY_S:
+                    tracker.log_curves(history)  # a live picture in long runs; the final one is drawn by the driver
+                    curves_drawn = time.perf_counter()
                 tracker.flush()  # a nudge: the sender thread sends now, training goes on
             if tracker is not None:
                 run_id = tracker.run_id  # a new run is created by the sender thread: ready long before this

@@ -239,6 +239,13 @@ class ScalingSection(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="more Ray resources each training worker needs, e.g. {accelerator_type:H100: 1} or a custom one",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the training workers on nodes (SPREAD: over as many nodes as it can)"
+    )
 
 
 class Config(_Section):
@@ -281,7 +288,8 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (dotted path first)."""
 
 
-FREE_FORM_FIELDS = ("model.kwargs", "tune.space")  # dict-valued fields whose keys are data, not config fields
+# dict-valued fields whose keys are data, not config fields
+FREE_FORM_FIELDS = ("model.kwargs", "tune.space", "scaling.resources_per_worker")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,7 +15,13 @@ def git_commit(start: str | Path | None = None) -> str:
     """
     if os.environ.get("FOVEA_GIT_COMMIT"):
         return os.environ["FOVEA_GIT_COMMIT"]
-    candidates = [Path(start)] if start is not None else [Path.cwd(), Path(__file__).resolve().parent]
+    if start is not None:
+        candidates = [Path(start)]
+    else:
+        try:
+            candidates = [Path.cwd(), Path(__file__).resolve().parent]
+        except FileNotFoundError:  # the current folder was deleted under us
+            candidates = [Path(__file__).resolve().parent]
     for folder in candidates:
         try:
             commit = subprocess.run(

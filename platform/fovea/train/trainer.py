@@ -266,7 +266,7 @@ def build_torch_trainer(
 
     from fovea.train.worker import train_worker
 
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
@@ -288,7 +288,10 @@ def build_torch_trainer(
             "initial_checkpoint": resume_from,
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,

@@ -66,6 +66,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     classes: list[str] = loop_config["classes"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if world > 1:  # where each worker runs: a multi-node run shows its spread here
+        node = ray.get_runtime_context().get_node_id()
+        print(f"{loop_config.get('progress_prefix', '')}worker {rank}/{world} on node {node}", flush=True)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(cfg.train.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A Ray cluster of several nodes on this one machine, plus an MLflow tracking server: the multi-node path (job
+# submission, workers spread over nodes, a node lost mid-run) without a second machine.
+#
+#   cluster/local_cluster.sh start [--workers N]    # a head + N worker nodes (default 2) + the tracking server
+#   cluster/local_cluster.sh status
+#   cluster/local_cluster.sh kill-node NAME         # SIGKILL one worker node's raylet (e.g. worker-1): a lost node
+#   cluster/local_cluster.sh stop                   # everything, always (safe to run twice, or after a failure)
+#
+# Each node is a separate `ray start` with its own CPUs (HEAD_CPUS, WORKER_CPUS) and a custom resource
+# `node:<name>` (node:head, node:worker-1, ...), so work can be pinned to a node. Token auth stays on (Ray 2.60's
+# default for `ray start --head`; the token is in ~/.ray/auth_token, and clients need RAY_AUTH_MODE=token). The
+# dashboard and job server (http://127.0.0.1:8265), the GCS and the tracking server listen on 127.0.0.1 only.
+# Settings (environment): RAY_PORT (6380), DASHBOARD_PORT (8265), HEAD_CPUS (1), WORKER_CPUS (1), MLFLOW_PORT (5000),
+# FOVEA_MLFLOW_DIR (see mlflow_server.sh).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+ray_port="${RAY_PORT:-6380}"
+dashboard_port="${DASHBOARD_PORT:-8265}"
+head_cpus="${HEAD_CPUS:-1}"
+worker_cpus="${WORKER_CPUS:-1}"
+export RAY_AUTH_MODE=token RAY_DISABLE_USAGE_STATS=1
+
+command -v ray >/dev/null || { echo "local_cluster.sh: ray not found (activate the venv first)" >&2; exit 1; }
+
+start() {
+    local workers=2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --workers) workers="$2"; shift 2 ;;
+            *) echo "local_cluster.sh: unknown option $1" >&2; exit 2 ;;
+        esac
+    done
+    if python3 -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $ray_port)) != 0)"; then
+        echo "a Ray cluster already runs at 127.0.0.1:$ray_port (cluster/local_cluster.sh stop first)" >&2
+        exit 1
+    fi
+    # a failure half-way leaves nothing running
+    trap 'echo "local_cluster.sh: start failed; stopping what was started" >&2; stop >/dev/null 2>&1' ERR
+    ray start --head --node-ip-address=127.0.0.1 --port="$ray_port" --num-cpus="$head_cpus" \
+        --resources='{"node:head": 1}' --include-dashboard=true --dashboard-host=127.0.0.1 \
+        --dashboard-port="$dashboard_port" --disable-usage-stats >/dev/null
+    local i
+    for i in $(seq 1 "$workers"); do
+        # its own temp dir: nodes sharing one would unpack a job's working_dir over each other (on real machines
+        # each node has its own disk anyway)
+        ray start --address="127.0.0.1:$ray_port" --node-ip-address=127.0.0.1 --num-cpus="$worker_cpus" \
+            --resources="{\"node:worker-$i\": 1}" --temp-dir="${TMPDIR:-/tmp}/ray-$ray_port-worker-$i" \
+            --disable-usage-stats >/dev/null
+    done
+    "$here/mlflow_server.sh" start >/dev/null
+    trap - ERR
+    echo "Ray head + $workers worker nodes at 127.0.0.1:$ray_port; job server http://127.0.0.1:$dashboard_port"
+    echo "MLflow tracking server http://127.0.0.1:${MLFLOW_PORT:-5000}"
+    echo "  export RAY_AUTH_MODE=token MLFLOW_TRACKING_URI=http://127.0.0.1:${MLFLOW_PORT:-5000}"
+    echo "  ray job submit --address http://127.0.0.1:$dashboard_port --working-dir . \\"
+    echo "      --runtime-env cluster/runtime_env.yaml -- python jobs/train_mvit.py --preset smoke ..."
+}
+
+# the raylet (and so the node) whose command line carries the resource node:NAME
+raylet_of() {
+    ps -eo pid,args | awk -v name="node:$1," '/ray\/raylet\/raylet / && index($0, name) { print $1 }'
+}
+
+kill_node() {
+    local name="${1:?usage: local_cluster.sh kill-node NAME (e.g. worker-1)}" pid
+    pid="$(raylet_of "$name")"
+    [ -n "$pid" ] || { echo "local_cluster.sh: no running node $name" >&2; exit 1; }
+    kill -KILL "$pid"
+    echo "killed node $name (raylet pid $pid)"
+}
+
+stop() {
+    ray stop --force >/dev/null 2>&1 || true
+    "$here/mlflow_server.sh" stop >/dev/null 2>&1 || true
+    echo "local cluster stopped"
+}
+
+status() {
+    ray status --address "127.0.0.1:$ray_port" || { echo "no Ray cluster at 127.0.0.1:$ray_port"; exit 3; }
+    "$here/mlflow_server.sh" status
+}
+
+case "${1:-}" in
+    start) shift; start "$@" ;;
+    stop) stop ;;
+    status) status ;;
+    kill-node) kill_node "${2:-}" ;;
+    *) echo "usage: $0 start [--workers N] | status | kill-node NAME | stop" >&2; exit 2 ;;
+esac

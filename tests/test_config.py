@@ -63,6 +63,31 @@ def test_bad_values_name_every_path():
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("override", "count", "low", "high"),
+    [("3", 3, 3, 3), ("[1, 4]", (1, 4), 1, 4), ("[2,2]", 2, 2, 2)],
+)
+def test_worker_count_or_elastic_range(override, count, low, high):
+    _, value = parse_override(f"scaling.num_workers={override}")
+    cfg = build_config([{"scaling": {"num_workers": value}}])
+    scaling = cfg.scaling
+    assert (scaling.num_workers, scaling.min_workers, scaling.max_workers) == (count, low, high)
+    assert scaling.elastic == isinstance(count, tuple)
+    # the flat params (MLflow) and a worker's copy of the config (JSON) keep it
+    assert cfg.flat()["scaling.num_workers"] == (list(count) if isinstance(count, tuple) else count)
+    assert Config.model_validate(cfg.model_dump(mode="json")).scaling.num_workers == count
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [([4, 1], "1 <= min <= max"), ([0, 2], "1 <= min <= max"), ([1, 2, 3], "[min, max]"), ([1.5, 2], "[min, max]")],
+)
+def test_bad_elastic_range_is_one_line(value, says):
+    with pytest.raises(ConfigError, match=r"scaling\.num_workers") as err:
+        build_config([{"scaling": {"num_workers": value}}])
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
 def test_distillation_needs_a_teacher():
     with pytest.raises(ConfigError, match="distill.teacher"):
         build_config([{"distill": {"type": "soft"}}])

@@ -17,6 +17,7 @@ from fovea.train.loop import (
     build_optimizer,
     build_scheduler,
     evaluate,
+    move_schedule,
     train_one_epoch,
 )
 
@@ -183,3 +184,17 @@ def test_evaluate_top5_with_fewer_classes_and_exact_counts():
     result = evaluate(Fixed(), [batch], normalize=Normalize((0.0,) * 3, (1.0,) * 3), device=CPU)
     assert result["top1"] == pytest.approx(50.0) and result["top5"] == pytest.approx(100.0)
     assert result["count"] == 4
+
+
+def test_move_schedule_sets_the_position_and_the_learning_rate():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = build_scheduler(optimizer, total_steps=20, warmup_steps=2, min_lr_ratio=1e-3)
+    move_schedule(optimizer, scheduler, 11)  # halfway through the cosine part: half the way down
+    assert scheduler.last_epoch == 11
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5)
+    assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]]
+    optimizer.step()
+    scheduler.step()  # and it goes on from there
+    assert scheduler.last_epoch == 12
+    assert optimizer.param_groups[0]["lr"] < 1e-6 + (1e-3 - 1e-6) * 0.5

@@ -1,8 +1,12 @@
-"""Acceptance: a run killed after epoch 2 and rerun with the same command resumes at epoch 3, same MLflow run."""
+"""Acceptance: a run killed after epoch 2 and rerun with the same command resumes at epoch 3, same MLflow run.
+
+The rerun asks for two workers instead of one, as an elastic run does when it grows: the learning-rate schedule must
+carry on from the same fraction of the run, not from the same step."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -74,10 +78,12 @@ def test_killed_run_resumes_from_epoch_3(tmp_path):
     committed = _latest_committed_epoch(tmp_path / "home" / "runs" / "resume-me")
     assert committed in (2, 3)  # 3 only if epoch 3 ended within the moment between the check and the kill
 
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    # the same run with 2 workers, half a CPU each (the other CPU decodes)
+    rerun = [*command[:-1], "scaling.cpus_per_worker=0.5", "scaling.num_workers=2"]
+    second = subprocess.run(rerun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
-    assert f"resuming resume-me from its checkpoint: epoch {committed + 1}" in output
+    assert f"resuming resume-me from its checkpoint: epoch {committed + 1} with 2 workers (was 1)" in output
     assert all(f"epoch {epoch}/4" in output for epoch in range(committed + 1, 5))
     assert not any(f"epoch {epoch}/4" in output for epoch in range(1, committed + 1))
 
@@ -88,4 +94,20 @@ def test_killed_run_resumes_from_epoch_3(tmp_path):
     )
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")] == [1, 2, 3, 4]
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")]
+    # every epoch; one trained after the last committed checkpoint, before the kill, may have been logged, then
+    # trained again (MLflow keeps both points)
+    assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) <= 5, steps
+    workers = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "workers") if m.value == 2}
+    assert sorted(workers) == list(range(committed + 1, 5)), workers
+    # The schedule goes on where it was: 320 images (8 classes x 40), batch 32 per worker, so 10 steps an epoch with
+    # 1 worker and 5 with 2. Epoch 2's checkpoint holds step 20 of a 40-step schedule; the 2-worker run goes on at
+    # step 10 of its 20 (warmup int(0.5 x 5) = 2 steps), so after epoch 3 it stands at step 15, three quarters of the
+    # way. Resumed at step 20 as saved, it would be at min_lr already.
+    history = sorted(client.get_metric_history(runs[0].info.run_id, "lr"), key=lambda m: m.timestamp)
+    lr = {m.step: m.value for m in history}  # the last value logged for each epoch
+    peak, floor = 1e-3, 1e-6
+    step, warmup, total = (15, 2, 20) if committed == 2 else (30, 5, 40)  # (epoch 3 trained before the kill)
+    expected = floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    assert lr[3] == pytest.approx(expected, rel=0.02), (lr, expected)
+    assert lr[4] == pytest.approx(floor, rel=0.02)

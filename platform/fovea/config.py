@@ -236,7 +236,14 @@ class TuneSection(_Section):
 
 
 class ScalingSection(_Section):
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU when use_gpu)")
+    num_workers: int | tuple[int, int] = Field(
+        1,
+        description="Ray Train workers (one per GPU when use_gpu); [min, max]: elastic, as many as the cluster has "
+        "room for, restarting from the last checkpoint to shrink (a node lost) or grow (room freed)",
+    )
+    elastic_resize_interval_s: float = Field(
+        60.0, gt=0, description="elastic runs: how often Ray Train looks for room to grow the worker group"
+    )
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per training worker")
     resources_per_worker: dict[str, float] = Field(
@@ -246,6 +253,33 @@ class ScalingSection(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the training workers on nodes (SPREAD: over as many nodes as it can)"
     )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{list(value)}: give a worker count or [min, max], e.g. [2, 8]")
+            low, high = value
+            if not 1 <= low <= high:
+                raise ValueError(f"[{low}, {high}]: elastic bounds need 1 <= min <= max")
+            return low if low == high else (low, high)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{value}: at least 1 worker")
+        return value
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count is a ``[min, max]`` range (Ray Train's elastic training)."""
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
 
 
 class Config(_Section):

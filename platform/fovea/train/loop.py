@@ -113,6 +113,18 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
+def move_schedule(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, step: int) -> None:
+    """Put a per-step schedule at ``step`` and set the learning rates it gives there.
+
+    Used when a run resumes with another worker count (elastic training): the per-worker batch stays, so an epoch
+    has another number of steps, and the saved step count must be carried over to the same fraction of the run.
+    """
+    scheduler.last_epoch = step
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def restore_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, fresh: list[dict[str, Any]]) -> None:
     """Put this run's hyperparameters back after loading optimizer and scheduler state saved under others.
 
@@ -128,9 +140,7 @@ def restore_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LambdaL
             if key in new:
                 group[key] = new[key]
     scheduler.base_lrs = [new["initial_lr"] for new in fresh]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    move_schedule(optimizer, scheduler, scheduler.last_epoch)
 
 
 def build_mixup(data_cfg: Any, *, num_classes: int, label_smoothing: float) -> Mixup | None:

@@ -288,7 +288,8 @@ def build_torch_trainer(
             "initial_checkpoint": resume_from,
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
+            num_workers=cfg.scaling.num_workers,  # (min, max): elastic
+            elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_interval_s,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources,
             placement_strategy=cfg.scaling.placement_strategy,
@@ -578,7 +579,9 @@ def job_main(job: str, configs_dir: str | Path, description: str = "", argv: lis
     """
 
     def banner(cfg: Config) -> str:
-        return f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {cfg.scaling.num_workers} worker(s)"
+        scaling = cfg.scaling
+        workers = f"{scaling.min_workers}-{scaling.max_workers} (elastic)" if scaling.elastic else scaling.num_workers
+        return f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {workers} worker(s)"
 
     return run_command(job, configs_dir, description, argv, check=check_before_start, run=run_training, banner=banner)
 

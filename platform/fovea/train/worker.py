@@ -23,6 +23,7 @@ from fovea.train.loop import (
     build_optimizer,
     build_scheduler,
     evaluate,
+    move_schedule,
     normalization,
     restore_hyperparameters,
     train_one_epoch,
@@ -125,8 +126,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ema.module.load_state_dict(state["ema"])
         start_epoch, global_step = state["epoch"], state["global_step"]
         history, run_id = json.loads(state["history"]), state.get("mlflow_run_id")
+        saved_world = state.get("world_size", world)
+        if saved_world != world:  # elastic: another worker count, so another number of steps per epoch
+            saved_steps = state.get("steps_per_epoch") or steps_per_epoch
+            move_schedule(optimizer, scheduler, round(scheduler.last_epoch * steps_per_epoch / saved_steps))
         if rank == 0:
-            print(f"resuming {loop_config['run_name']} from its checkpoint: epoch {start_epoch + 1}", flush=True)
+            resized = f" with {world} workers (was {saved_world})" if saved_world != world else ""
+            name = loop_config["run_name"]
+            print(f"resuming {name} from its checkpoint: epoch {start_epoch + 1}{resized}", flush=True)
 
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     if cfg.train.compile:
@@ -236,6 +243,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "epoch_time_s": stats.seconds,
                 "lr": optimizer.param_groups[0]["lr"],
                 "skipped_steps": skipped,
+                "workers": world,  # changes in an elastic run
             }
             if "top1_cls" in val:  # a distillation-token student: each head alone, beside their mean (val_top1)
                 metrics["val_top1_cls"] = val["top1_cls"]
@@ -274,6 +282,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             "ema": ema.module.state_dict() if ema is not None else None,
                             "epoch": epoch + 1,
                             "global_step": global_step,
+                            "world_size": world,
+                            "steps_per_epoch": steps_per_epoch,
                             "history": json.dumps(history),
                             "mlflow_run_id": run_id,
                             "classes": classes,

@@ -282,16 +282,16 @@ def _may_distill(cfg: Config, dimensions: list[Dimension]) -> bool:
 def concurrent_trials(cfg: Config, resources: dict[str, float]) -> int:
     """How many trials run at once: ``tune.max_concurrent_trials``, else what the cluster's CPUs and GPUs fit.
 
-    A trial holds ``num_workers x cpus_per_worker`` CPUs for its Train workers plus one for its Ray Data decode
-    tasks (without it, trials that took every CPU would wait forever for their own data), and one GPU per worker
-    when ``scaling.use_gpu``. The Tune trial function itself asks for no CPU: it only drives its Train run.
+    A trial holds ``num_workers x cpus_per_worker`` CPUs (elastic: the maximum) for its Train workers plus one for its
+    Ray Data decode tasks (without it, trials that took every CPU would wait forever for their own data), and one GPU
+    per worker when ``scaling.use_gpu``. The Tune trial function itself asks for no CPU: it only drives its Train run.
     """
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
-    per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1
+    per_trial = cfg.scaling.max_workers * cfg.scaling.cpus_per_worker + 1
     count = int(resources.get("CPU", 1) // per_trial)
     if cfg.scaling.use_gpu:
-        count = min(count, int(resources.get("GPU", 0) // cfg.scaling.num_workers))
+        count = min(count, int(resources.get("GPU", 0) // cfg.scaling.max_workers))
     return max(1, count)
 
 

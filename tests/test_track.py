@@ -140,10 +140,75 @@ def test_params_tags_resume_and_finish(logger):
     finish_run(uri, run_logger.run_id, "FAILED")
     resumed = RunLogger(uri, run_id=run_logger.run_id, experiment_id="", run_name="", tags={"resumed": "yes"})
     assert resumed.run_id == run_logger.run_id
+    assert resumed.flush(timeout=10) is True  # reopened
     assert client.get_run(run_logger.run_id).info.status == "RUNNING"
     resumed.close("FINISHED", timeout=10)
     run = client.get_run(run_logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "yes"
+
+
+def test_a_run_resumed_while_the_store_is_down_trains_on_and_reopens_later(logger, monkeypatch, capsys):
+    """A restarted worker (a lost node) reopens its run while the tracking server is still down: it must not wait for
+    the store, nor fail; the run is reopened and the metrics sent once the store is back."""
+    from fovea.track import tracking
+
+    uri, first = logger
+    assert first.close("FAILED", timeout=10) is None
+    real_client = tracking._client
+    broken = real_client(uri)
+    for name in ("update_run", "set_tag", "log_batch"):
+        monkeypatch.setattr(broken, name, _down)
+    monkeypatch.setattr(tracking, "_client", lambda _uri: broken)
+    started = time.perf_counter()
+    resumed = RunLogger(uri, run_id=first.run_id, experiment_id="", run_name="", tags={"attempt": "2"},
+                        flush_interval_s=0.2, start_timeout_s=0.5)  # fmt: skip
+    assert resumed.run_id == first.run_id and time.perf_counter() - started < 0.5  # at once, store or no store
+    resumed.log_metrics({"val_top1": 60.0}, step=3)
+    time.sleep(1.0)  # past start_timeout_s: still held, not given up
+    assert resumed.flush(timeout=0.5) is False and resumed.pending() == 1
+    assert "MLflow tracking store unreachable" in capsys.readouterr().out
+    monkeypatch.undo()  # the store is back
+    assert resumed.flush(timeout=10) is True
+    client = MlflowClient(uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["attempt"] == "2"
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_top1")] == [(3, 60.0)]
+    resumed.close("FINISHED", timeout=10)
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_a_logger_killed_in_an_outage_leaves_its_buffer_to_the_next_attempt(logger, monkeypatch, capsys):
+    """Ray Train kills a worker group's actors outright when a node is lost: whatever rank 0 held in an outage must
+    be on disk already, and the restarted worker sends it; epochs only the checkpoint has are sent from it."""
+    uri, first = logger
+    client = MlflowClient(uri)
+    first.log_metrics({"val_loss": 1.0, "val_top1": 10.0}, step=1)
+    assert first.flush(timeout=10) is True  # epoch 1 reached the store
+    monkeypatch.setattr(first.client, "log_batch", _down)
+    first.log_metrics({"step/train_loss": 0.9}, step=7)
+    first.log_metrics({"val_loss": 0.8, "val_top1": 20.0}, step=2)
+    assert first.flush(timeout=0.5) is False
+    spool = Path(first.fallback_dir) / f"{first.run_id}.jsonl"
+    held = [line for line in spool.read_text().splitlines() if '"metric"' in line]
+    assert len(held) == 3  # on disk while the store is down
+    with first._cond:  # killed: the thread stops, nothing more is written, close() never runs
+        first._stopped = True
+        first._cond.notify_all()
+    first._thread.join(timeout=10)
+
+    history = [{"epoch": 1, "val_loss": 1.0, "val_top1": 10.0}, {"epoch": 2, "val_loss": 0.8, "val_top1": 20.0},
+               {"epoch": 3, "val_loss": 0.7, "val_top1": 30.0}]  # fmt: skip
+    second = RunLogger(uri, run_id=first.run_id, experiment_id="", run_name="", flush_interval_s=0.2,
+                       fallback_dir=first.fallback_dir, backfill=history)  # fmt: skip
+    assert second.flush(timeout=10) is True
+    out = capsys.readouterr().out
+    assert "3 held metrics" in out and "epochs 3 of run" in out  # epoch 2 came from the file, 1 was there already
+    assert not spool.exists()
+    steps = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "val_top1"))
+    assert steps == [(1, 10.0), (2, 20.0), (3, 30.0)]  # each once
+    assert [m.step for m in client.get_metric_history(first.run_id, "step/train_loss")] == [7]
+    assert [m.value for m in client.get_metric_history(first.run_id, "epoch")] == [3.0]
+    second.close("FINISHED", timeout=10)
 
 
 def test_a_store_that_refuses_a_request_is_not_retried(tmp_path):

@@ -88,6 +88,11 @@ class RunLogger:
     to ``timeout`` for the store to take the rest, then writes what is still unsent to ``<fallback_dir>/<run_id>
     .jsonl`` with a warning (``fovea runs sync FILE`` replays it).
 
+    A worker can also be killed mid-outage (Ray Train tears a worker group down when a node is lost), so while the
+    store is down that same file always holds the unsent buffer; the next logger of the run on this node (the
+    restarted worker) takes it over and sends it. Epochs a lost node's logger held are sent again from the
+    checkpoint's history (``backfill``) when the store lacks them.
+
     ``blocking_s`` is the time the training thread spent in tracking (construction included), ``send_s`` the
     sender thread's time in calls to the store. With an ``http(s)`` store, MLflow's own HTTP retries are cut to one
     in this process (environment defaults; the user's settings win), so the sender notices an outage in seconds.
@@ -101,7 +106,9 @@ class RunLogger:
         tags: tags set on the run.
         flush_interval_s: how often the sender thread sends the buffer.
         fallback_dir: where ``close`` writes what the store never took (default ``$FOVEA_HOME/tracking_fallback``).
-        start_timeout_s: how long creating or reopening the run may wait for an unreachable store.
+        start_timeout_s: how long creating a new run may wait for an unreachable store.
+        backfill: for a given run, the per-epoch metrics of the checkpoint it resumes from (``{"epoch": N, ...}``
+            rows): those of epochs the store does not have are sent (before anything else) once it is reached.
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class RunLogger:
         flush_interval_s: float = 10.0,
         fallback_dir: str | Path | None = None,
         start_timeout_s: float = 60.0,
+        backfill: Iterable[dict[str, float]] = (),
     ) -> None:
         started = self.started = time.perf_counter()
         if uri.startswith(("http://", "https://")):
@@ -132,6 +140,10 @@ class RunLogger:
         self.blocking_s = self.send_s = 0.0
         self.sent_metrics = 0
         self._run_id = run_id
+        self._given_run_id = run_id is not None
+        self._reopen: dict[str, str] | None = None  # tags still to set on a given run (it is marked RUNNING with them)
+        self._backfill = [dict(row) for row in backfill]
+        self._spooled = False  # whether the fallback file holds (a copy of) the buffer
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
         self._metrics: list[Any] = []
@@ -139,6 +151,8 @@ class RunLogger:
         self._cond = threading.Condition()
         self._draining = self._stopped = False
         self._down_since: float | None = None
+        if run_id is not None:
+            self._reopen = dict(tags or {})
         opening = dict(experiment_id=experiment_id, run_name=run_name, params=params or {}, tags=tags or {})
         self._thread = threading.Thread(
             target=self._send_loop, args=(opening,), name="fovea-mlflow-sender", daemon=True
@@ -148,11 +162,14 @@ class RunLogger:
 
     @property
     def run_id(self) -> str:
-        """The run's id. The sender thread creates (or reopens) the run, so the first call may wait for it.
+        """The run's id. The sender thread creates a new run, so the first call may wait for it; a given run's id
+        comes back at once (reopening it waits for the store like any other send).
 
         Raises:
             RuntimeError: the run could not be created or reopened within ``start_timeout_s`` (one line).
         """
+        if self._given_run_id and self._open_error is None:
+            return self._run_id
         started = time.perf_counter()
         ready = self._opened.wait(timeout=self.start_timeout_s)
         self.blocking_s += time.perf_counter() - started
@@ -162,7 +179,9 @@ class RunLogger:
         return self._run_id
 
     def _open(self, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        """Create the run (with its params) or reopen the given one; retried while the store is unreachable."""
+        """Create the run (with its params; retried while the store is unreachable, up to ``start_timeout_s``), or
+        leave the reopening of the given one (RUNNING again, its tags) to the first send: an outage then (a resumed
+        run, the store down) is waited out like any other."""
         from mlflow.entities import Param
 
         timeout = self.start_timeout_s
@@ -175,9 +194,8 @@ class RunLogger:
                 batch = items[start : start + 100]
                 _with_retries(lambda b=batch: self.client.log_batch(self._run_id, params=b), timeout)
         else:
-            _with_retries(lambda: self.client.update_run(self._run_id, status="RUNNING"), timeout)
-            for key, value in tags.items():
-                _with_retries(lambda k=key, v=value: self.client.set_tag(self._run_id, k, v), timeout)
+            self._reopen = dict(tags)
+            self._take_over_spool()
 
     # --- the training thread's side: append and return -----------------------------------------------------------
 
@@ -251,7 +269,7 @@ class RunLogger:
     # --- the sender thread ---------------------------------------------------------------------------------------
 
     def _empty(self) -> bool:
-        return not self._metrics and not self._artifacts
+        return not self._metrics and not self._artifacts and self._reopen is None
 
     def _send_loop(self, opening: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -264,6 +282,8 @@ class RunLogger:
         finally:
             self.send_s += time.perf_counter() - started
             self._opened.set()
+        if self._reopen is not None:
+            self._send_pending()  # reopen the given run now (or notice the outage)
         while True:
             with self._cond:
                 if not self._stopped:
@@ -288,6 +308,21 @@ class RunLogger:
 
         started = time.perf_counter()
         try:
+            if self._reopen is not None:
+                try:
+                    self.client.update_run(self._run_id, status="RUNNING")
+                    for key, value in self._reopen.items():
+                        self.client.set_tag(self._run_id, key, value)
+                except Exception as err:
+                    if _is_connection_problem(err):
+                        raise
+                    self._open_error = err  # e.g. the run was deleted: stop; close() keeps the buffer in a file
+                    with self._cond:
+                        self._stopped = True
+                    print(f"warning: could not reopen MLflow run {self._run_id} ({_first_line(err)[:200]})", flush=True)
+                    return
+                self._queue_backfill()
+                self._reopen = None
             while True:
                 with self._cond:
                     chunk = self._metrics[:MAX_BATCH]
@@ -309,6 +344,7 @@ class RunLogger:
                     if self._artifacts.get(artifact_file, (None, None))[1] is payload:  # not replaced meanwhile
                         del self._artifacts[artifact_file]
         except Exception as err:  # the tracking store being down must not stop training: keep and retry
+            self._spool()  # on disk too: a worker killed now (a lost node) leaves it to the next attempt
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 print(
@@ -318,6 +354,9 @@ class RunLogger:
                 )
             self._warned = True
         else:
+            if self._spooled:
+                self._spool_path().unlink(missing_ok=True)
+                self._spooled = False
             if self._down_since is not None:
                 print(
                     f"MLflow tracking store reachable again after {time.monotonic() - self._down_since:.0f} s: "
@@ -328,20 +367,78 @@ class RunLogger:
         finally:
             self.send_s += time.perf_counter() - started
 
-    def _write_fallback(self, status: str | None) -> Path:
-        """Write the unsent buffer as JSON lines (a header, then metrics and artifacts); called under the lock."""
+    def _spool_path(self) -> Path:
         from fovea.paths import fovea_home
 
-        folder = self.fallback_dir or fovea_home() / "tracking_fallback"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self._run_id}.jsonl"
-        with path.open("a") as out:
+        return (self.fallback_dir or fovea_home() / "tracking_fallback") / f"{self._run_id}.jsonl"
+
+    def _dump(self, status: str | None) -> Path:
+        """Write the unsent buffer as JSON lines (a header, then metrics and artifacts), replacing the file at once;
+        called under the lock."""
+        path = self._spool_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        with temporary.open("w") as out:
             out.write(json.dumps({"run_id": self._run_id, "tracking_uri": self.uri, "status": status}) + "\n")
             for key, value, timestamp, step in self._metrics:
                 record = {"key": key, "value": value, "timestamp": timestamp, "step": step}
                 out.write(json.dumps({"metric": record}) + "\n")
             for artifact_file, (kind, payload) in self._artifacts.items():
                 out.write(json.dumps({"artifact": artifact_file, "kind": kind, "payload": payload}) + "\n")
+        os.replace(temporary, path)
+        return path
+
+    def _spool(self) -> None:
+        """Keep the unsent buffer on disk while the store is down (never fails: training goes on either way)."""
+        if self._run_id is None:
+            return
+        try:
+            with self._cond:
+                self._dump(None)
+            self._spooled = True
+        except OSError as err:
+            log.warning("could not write the held metrics to %s: %s", self._spool_path(), err)
+
+    def _take_over_spool(self) -> None:
+        """Put what an earlier logger of this run left on this node (killed during an outage) first in the buffer."""
+        path = self._spool_path()
+        if not path.is_file():
+            return
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"warning: {path}: unreadable held metrics ({err}); left there", flush=True)
+            return
+        metrics = [tuple(line["metric"][k] for k in ("key", "value", "timestamp", "step")) for line in lines
+                   if "metric" in line]  # fmt: skip
+        artifacts = {line["artifact"]: (line["kind"], line["payload"]) for line in lines if "artifact" in line}
+        with self._cond:
+            self._metrics[:0] = metrics
+            self._artifacts = {**artifacts, **self._artifacts}
+        self._spooled = True  # the file goes once its content is sent
+        print(f"{len(metrics)} held metrics of run {self._run_id} left by an earlier attempt ({path}): sending them",
+              flush=True)  # fmt: skip
+
+    def _queue_backfill(self) -> None:
+        """Queue the backfill rows of epochs the store has no ``val_loss`` for (and that are not buffered)."""
+        if not self._backfill:
+            return
+        stored = {m.step for m in self.client.get_metric_history(self._run_id, "val_loss")}
+        with self._cond:
+            buffered = {step for key, _, _, step in self._metrics if key == "val_loss"}
+            missing = [row for row in self._backfill if int(row["epoch"]) not in stored | buffered]
+            now = int(time.time() * 1000)
+            self._metrics[:0] = [(key, float(value), now, int(row["epoch"])) for row in missing
+                                 for key, value in row.items()]  # fmt: skip
+        if missing:
+            epochs = ", ".join(str(int(row["epoch"])) for row in missing)
+            print(f"epochs {epochs} of run {self._run_id} were not in the tracking store: sent from the checkpoint",
+                  flush=True)  # fmt: skip
+        self._backfill = []
+
+    def _write_fallback(self, status: str | None) -> Path:
+        """Write the unsent buffer to the fallback file, with a warning; called under the lock."""
+        path = self._dump(status)
         count = len(self._metrics)
         print(
             f"warning: the MLflow tracking store at {self.uri} did not come back in time: {count} metrics and "

@@ -109,7 +109,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
         ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
 
-    start_epoch, global_step, history, run_id = 0, 0, [], None
+    start_epoch, global_step, history, run_id = 0, 0, [], None  # run_id: the MLflow run the checkpoint logged to
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("initial_checkpoint"):  # this run's own checkpoints come first
         checkpoint = ray.train.Checkpoint.from_directory(loop_config["initial_checkpoint"])
@@ -139,6 +139,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.compile:
         model = torch.compile(model, mode=cfg.train.compile_mode)
 
+    checkpoint_run_id = run_id
     run_id = loop_config.get("run_id") or run_id
     tracker = None
     if rank == 0 and loop_config.get("tracking_uri"):
@@ -152,6 +153,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             params=cfg.flat(),
             tags=loop_config.get("run_tags", {}),
             flush_interval_s=cfg.track.flush_interval_s,
+            # the epochs this run's checkpoint has: any a lost worker never sent go to the store (not those of another
+            # trial's checkpoint, as in PBT's exploit)
+            backfill=history if run_id and run_id == checkpoint_run_id else (),
         )
         if checkpoint is None or loop_config.get("run_id"):
             tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")

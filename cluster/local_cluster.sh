@@ -5,6 +5,7 @@
 #   cluster/local_cluster.sh start [--workers N]    # a head + N worker nodes (default 2) + the tracking server
 #   cluster/local_cluster.sh status
 #   cluster/local_cluster.sh kill-node NAME         # SIGKILL one worker node's raylet (e.g. worker-1): a lost node
+#   cluster/local_cluster.sh add-node [NAME]        # one more worker node (default worker-<next>): a node joining
 #   cluster/local_cluster.sh stop                   # everything, always (safe to run twice, or after a failure)
 #
 # Each node is a separate `ray start` with its own CPUs (HEAD_CPUS, WORKER_CPUS) and a custom resource
@@ -38,16 +39,16 @@ start() {
     fi
     # a failure half-way leaves nothing running
     trap 'echo "local_cluster.sh: start failed; stopping what was started" >&2; stop >/dev/null 2>&1' ERR
+    # the nodes share one machine: health checks every second instead of every 3 s (a lost node is declared dead
+    # after 5 failed ones, as by default, so after ~5 s instead of ~15 s; each still waits up to 10 s for a busy node)
     ray start --head --node-ip-address=127.0.0.1 --port="$ray_port" --num-cpus="$head_cpus" \
         --resources='{"node:head": 1}' --include-dashboard=true --dashboard-host=127.0.0.1 \
-        --dashboard-port="$dashboard_port" --disable-usage-stats >/dev/null
+        --dashboard-port="$dashboard_port" --disable-usage-stats --system-config='{"health_check_period_ms": 1000}' \
+        >/dev/null
     local i
+    rm -rf "${TMPDIR:-/tmp}/ray-$ray_port-"worker-*  # the last cluster's worker nodes (kept until now: their logs)
     for i in $(seq 1 "$workers"); do
-        # its own temp dir: nodes sharing one would unpack a job's working_dir over each other (on real machines
-        # each node has its own disk anyway)
-        ray start --address="127.0.0.1:$ray_port" --node-ip-address=127.0.0.1 --num-cpus="$worker_cpus" \
-            --resources="{\"node:worker-$i\": 1}" --temp-dir="${TMPDIR:-/tmp}/ray-$ray_port-worker-$i" \
-            --disable-usage-stats >/dev/null
+        start_worker "worker-$i"
     done
     "$here/mlflow_server.sh" start >/dev/null
     trap - ERR
@@ -56,6 +57,24 @@ start() {
     echo "  export RAY_AUTH_MODE=token MLFLOW_TRACKING_URI=http://127.0.0.1:${MLFLOW_PORT:-5000}"
     echo "  ray job submit --address http://127.0.0.1:$dashboard_port --working-dir . \\"
     echo "      --runtime-env cluster/runtime_env.yaml -- python jobs/train_mvit.py --preset smoke ..."
+}
+
+start_worker() {
+    # its own temp dir: nodes sharing one would unpack a job's working_dir over each other (on real machines each
+    # node has its own disk anyway)
+    ray start --address="127.0.0.1:$ray_port" --node-ip-address=127.0.0.1 --num-cpus="$worker_cpus" \
+        --resources="{\"node:$1\": 1}" --temp-dir="${TMPDIR:-/tmp}/ray-$ray_port-$1" --disable-usage-stats >/dev/null
+}
+
+add_node() {
+    local name="${1:-}" i=1
+    if [ -z "$name" ]; then  # a name no node of this cluster had, lost ones included
+        while [ -n "$(raylet_of "worker-$i")" ] || [ -d "${TMPDIR:-/tmp}/ray-$ray_port-worker-$i" ]; do i=$((i + 1)); done
+        name="worker-$i"
+    fi
+    [ -z "$(raylet_of "$name")" ] || { echo "local_cluster.sh: node $name already runs" >&2; exit 1; }
+    start_worker "$name"
+    echo "added node $name ($worker_cpus CPUs)"
 }
 
 # the raylet (and so the node) whose command line carries the resource node:NAME
@@ -87,5 +106,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     kill-node) kill_node "${2:-}" ;;
-    *) echo "usage: $0 start [--workers N] | status | kill-node NAME | stop" >&2; exit 2 ;;
+    add-node) add_node "${2:-}" ;;
+    *) echo "usage: $0 start [--workers N] | status | kill-node NAME | add-node [NAME] | stop" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ from fovea.models import create_model, window_fit_problem
 from fovea.train.loop import build_optimizer, build_scheduler, restore_hyperparameters
 from fovea.tune.report import format_table, map_axes, map_file_name, plot_map, plot_objective, write_csv
 from fovea.tune.space import apply_values, grid_size, parse_dimension, parse_space, to_param_space
-from fovea.tune.sweep import TrialTableBase, concurrent_trials, default_sweep_name, trial_config
+from fovea.tune.sweep import TrialTableBase, check_sweep, concurrent_trials, default_sweep_name, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = {"distill": {"teacher": "models:/teacher@champion"}}
@@ -342,3 +342,15 @@ def test_schedulers_and_searchers_follow_the_config():
     assert trial_resources(asha, 1, {"CPU": 2, "memory": 8e9})["cpu"] == 0
     shares = trial_resources(pbt, 2, {"CPU": 4, "memory": 10e9})["memory"]
     assert 2 * shares <= 10e9 < 3 * shares  # two PBT trials run at once, the rest wait paused
+
+
+def test_a_sweep_refuses_object_store_storage_in_one_line():
+    cfg = _cfg({"distill.tau": "uniform(1, 10)"}, train={"storage_path": "s3://bucket/runs?endpoint_override=x:9000"})
+    with pytest.raises(ConfigError, match=r"^train\.storage_path: s3://bucket/runs: a sweep keeps its state") as err:
+        check_sweep(cfg)
+    assert "\n" not in str(err.value) and "endpoint_override" not in str(err.value)
+
+
+def test_elastic_trials_reserve_their_maximum():
+    cfg = _cfg({"distill.tau": "uniform(1, 10)"}, scaling={"num_workers": [1, 2]})
+    assert concurrent_trials(cfg, {"CPU": 8}) == 2  # (2 workers x 1 CPU + 1 for decoding) per trial

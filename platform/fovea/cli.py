@@ -695,14 +695,14 @@ def datasets_list(args: argparse.Namespace) -> int:
 
 def datasets_show(args: argparse.Namespace) -> int:
     """``fovea datasets show PATH``."""
-    from fovea.data.manifest import describe_manifest, load_manifest, manifest_hash
+    from fovea.data.manifest import dataset_location, describe_manifest, load_manifest, manifest_hash
 
     try:
         manifest = load_manifest(args.path)
         digest = manifest_hash(args.path)
     except (OSError, ValueError) as err:
         raise CommandError(str(err)) from None
-    path = str(Path(args.path).expanduser().resolve())
+    path = str(dataset_location(args.path))
     if args.json:
         print_json({"path": path, "manifest_hash": digest, **manifest})
         return 0

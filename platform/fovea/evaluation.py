@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from fovea.config import Config, ConfigError, build_config
+from fovea.data.manifest import location_label
 
 if TYPE_CHECKING:
     import ray.data
@@ -708,7 +709,7 @@ def check_evaluation(cfg: Config) -> None:
     Raises:
         ConfigError: one line naming the field.
     """
-    from fovea.data import load_manifest
+    from fovea.data import dataset_location, load_manifest
     from fovea.distill import parse_registry_uri
 
     spec = cfg.eval.model.strip()
@@ -726,7 +727,7 @@ def check_evaluation(cfg: Config) -> None:
     except ValueError as err:
         raise ConfigError(f"eval.model: {err}") from None
     if cfg.data.path:
-        dataset_dir = Path(cfg.data.path).expanduser()
+        dataset_dir = dataset_location(cfg.data.path)
         try:
             manifest = load_manifest(dataset_dir)
         except (FileNotFoundError, ValueError) as err:
@@ -895,7 +896,7 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
     multi = score(multi=True) if want_multi else None
     result = EvaluationResult(
         model=model,
-        dataset=str(dataset_dir),
+        dataset=location_label(dataset_dir),
         manifest_hash=manifest_hash(dataset_dir),
         split=cfg.eval.split,
         video=video,

@@ -28,19 +28,68 @@ MANIFEST_FORMAT = "fovea-dataset/1"
 _PREPARE_HINT = "prepare the dataset first with pipelines/prepare_images.py"
 
 
-def manifest_path(path: str | Path) -> Path:
+def is_uri(path: str | Path) -> bool:
+    """Whether ``path`` is a URI for one of pyarrow's filesystems (``s3://``, ``gs://``, ``hdfs://``, ...)."""
+    return isinstance(path, str) and "://" in path
+
+
+def dataset_location(path: str | Path) -> str | Path:
+    """Where a dataset is, as every Ray worker must see it: a URI unchanged, a local path made absolute."""
+    return path if is_uri(path) else Path(path).expanduser().resolve()
+
+
+def location_label(path: str | Path) -> str:
+    """A dataset location to record or print: a URI without its options (its query string may hold credentials)."""
+    return _split_uri(path)[0] if is_uri(path) else str(path)
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/ds?endpoint_override=...`` to ``("s3://bucket/ds", "?endpoint_override=...")``."""
+    base, sep, query = uri.partition("?")
+    return base.rstrip("/"), sep + query
+
+
+def _join_uri(uri: str, name: str) -> str:
+    """A file inside the folder ``uri``, keeping its options (the query string pyarrow reads them from)."""
+    base, query = _split_uri(uri)
+    return f"{base}/{name}{query}"
+
+
+def manifest_path(path: str | Path) -> Path | str:
     """The manifest file for a dataset folder, or ``path`` itself when it already names a ``.json`` file.
 
     Args:
-        path: A prepared dataset folder or its manifest file.
+        path: A prepared dataset folder or its manifest file: a local path, or a URI pyarrow's filesystems read
+            (``s3://bucket/prepared``; options such as ``?endpoint_override=host:9000&scheme=http`` for MinIO are
+            kept for every file of the dataset).
 
     Returns:
         The path of the manifest file (it may not exist).
     """
+    if is_uri(path):
+        return path if _split_uri(path)[0].endswith(".json") else _join_uri(path, MANIFEST_NAME)
     path = Path(path).expanduser()
     if path.suffix == ".json" and not path.is_dir():
         return path
     return path / MANIFEST_NAME
+
+
+def _read_bytes(file: Path | str) -> bytes:
+    """The bytes of a local file or of a URI.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+    """
+    if not is_uri(file):
+        return Path(file).read_bytes()
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(file)
+    if filesystem.get_file_info(inner).type != fs.FileType.File:
+        folder = _split_uri(file)[0].removesuffix("/" + MANIFEST_NAME)
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: {_PREPARE_HINT}")
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()
 
 
 def manifest_hash(path: str | Path) -> str:
@@ -48,7 +97,7 @@ def manifest_hash(path: str | Path) -> str:
     counts): two models with the same hash were trained and scored on the same data."""
     import hashlib
 
-    return hashlib.sha256(manifest_path(path).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(_read_bytes(manifest_path(path))).hexdigest()[:16]
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
@@ -65,6 +114,21 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         ValueError: The manifest is not valid JSON or lacks ``classes`` / ``splits``.
     """
     file = manifest_path(path)
+    if isinstance(file, str):  # a URI: the shards are read through the same filesystem, with the same options
+        try:
+            manifest = json.loads(_read_bytes(file).decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"malformed manifest {location_label(file)}: not valid JSON ({error})") from None
+        except FileNotFoundError:
+            raise
+        except OSError as error:  # unreachable, no access: one line
+            raise FileNotFoundError(f"cannot read {location_label(file)}: {str(error).splitlines()[0]}") from None
+        _check(manifest, file)
+        base, query = _split_uri(file)
+        folder = base.rsplit("/", 1)[0] + query
+        for split in manifest["splits"].values():
+            split["shards"] = [_join_uri(folder, shard) for shard in split.get("shards", [])]
+        return manifest
     if not file.is_file():
         where = Path(path).expanduser()
         if not where.exists():
@@ -146,7 +210,7 @@ def _relative_to(shard: str, root: Path) -> str:
         return str(path)
 
 
-def _check(manifest: Any, file: Path) -> None:
+def _check(manifest: Any, file: Path | str) -> None:
     """Raise a one-line ``ValueError`` when ``manifest`` lacks the keys every reader relies on."""
     if not isinstance(manifest, dict):
         raise ValueError(f"malformed manifest {file}: expected a JSON object, got {type(manifest).__name__}")

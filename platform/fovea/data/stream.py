@@ -83,9 +83,9 @@ def read_split(
     if not info or not info.get("shards"):
         raise ValueError(f"dataset has no {split!r} split with data (splits: {', '.join(manifest['splits'])})")
     columns = columns or ["image", "label"]
-    shards = info["shards"]
+    shards, filesystem = _paths_and_filesystem(info["shards"])
     reseeded = RandomSeedConfig(seed=seed, reseed_after_execution=True)
-    if _local_size_mb(shards) <= cache_max_mb:
+    if filesystem is None and _local_size_mb(shards) <= cache_max_mb:
         count = int(info["count"])
         dataset = (
             ray.data.read_parquet(shards)
@@ -98,12 +98,23 @@ def read_split(
             return dataset.randomize_block_order(seed=reseeded)
     else:
         file_shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle == "files" else None
-        dataset = ray.data.read_parquet(shards, shuffle=file_shuffle, override_num_blocks=len(shards)).select_columns(
-            columns
-        )
+        dataset = ray.data.read_parquet(
+            shards, filesystem=filesystem, shuffle=file_shuffle, override_num_blocks=len(shards)
+        ).select_columns(columns)
     if shuffle == "global":
         return dataset.random_shuffle(seed=reseeded)
     return dataset
+
+
+def _paths_and_filesystem(shards: list[str]) -> tuple[list[str], Any]:
+    """Local shard paths as they are (filesystem None); URIs (``s3://bucket/ds/x.parquet?endpoint_override=...``) as
+    paths inside one pyarrow filesystem built from the first, options included (Ray Data would drop them)."""
+    if not shards or "://" not in shards[0]:
+        return shards, None
+    from pyarrow import fs
+
+    filesystem, _ = fs.FileSystem.from_uri(shards[0])
+    return [fs.FileSystem.from_uri(shard)[1] for shard in shards], filesystem
 
 
 def _local_size_mb(paths: list[str]) -> float:

@@ -72,6 +72,14 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def checkpoint_location(checkpoint: Any) -> str:
+    """A Ray checkpoint's place as a user writes it: a local path, or ``s3://bucket/...`` for one in an object store
+    (``Checkpoint.path`` is the path inside its filesystem)."""
+    filesystem = getattr(checkpoint, "filesystem", None)
+    scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(getattr(filesystem, "type_name", "local"), "")
+    return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
+
+
 def check_before_start(cfg: Config) -> None:
     """Checks that need no Ray: the model exists, the dataset folder is prepared, a resume is consistent.
 
@@ -183,12 +191,13 @@ def init_ray(progress_bars: bool = False) -> None:
     configure_data_context(progress_bars)  # Ray Train hands this context to the dataset coordinators
 
 
-def dataset_dir_of(cfg: Config) -> Path:
-    from fovea.data import ensure_demo_images, ensure_demo_videos
+def dataset_dir_of(cfg: Config) -> Path | str:
+    """The prepared dataset: ``data.path`` (a URI stays one), else the demo set, made on first use."""
+    from fovea.data import dataset_location, ensure_demo_images, ensure_demo_videos
     from fovea.models import is_video_model
 
     if cfg.data.path:
-        return Path(cfg.data.path).expanduser().resolve()
+        return dataset_location(cfg.data.path)
     if is_video_model(cfg.model.name):
         return ensure_demo_videos(
             size=cfg.data.demo_video_size,
@@ -216,16 +225,16 @@ def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     return build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
 
 
-def run_tags(cfg: Config, dataset_dir: Path) -> dict[str, str]:
+def run_tags(cfg: Config, dataset_dir: Path | str) -> dict[str, str]:
     """Tags every fovea run carries in MLflow: what trained it, on which data, from which source and recipe."""
-    from fovea.data import manifest_hash
+    from fovea.data import location_label, manifest_hash
     from fovea.provenance import git_commit
 
     return {
         "fovea.job": cfg.job,
         "fovea.role": "train",
         "fovea.model": cfg.model.name,
-        "fovea.dataset": str(dataset_dir),
+        "fovea.dataset": location_label(dataset_dir),
         "fovea.manifest_hash": manifest_hash(dataset_dir),
         "fovea.recipe_hash": cfg.recipe_hash(),
         "fovea.git_commit": git_commit(),
@@ -343,7 +352,7 @@ def run_training(cfg: Config) -> TrainSummary:
     teacher = load_checked_teacher(cfg) if cfg.distill.type != "none" else None  # before Ray: fail fast
     init_ray()
 
-    from fovea.data import load_manifest
+    from fovea.data import load_manifest, location_label
 
     run_name = cfg.run_name()
     dataset_dir = dataset_dir_of(cfg)
@@ -400,12 +409,12 @@ def run_training(cfg: Config) -> TrainSummary:
         multi_view={key: last[key] for key in ("val_mv_top1", "val_mv_top5", "val_views")}
         if "val_mv_top1" in last
         else None,
-        checkpoint_path=result.checkpoint.path,
+        checkpoint_path=checkpoint_location(result.checkpoint),
         mlflow_run_id=run_id,
         tracking_uri=tracking_uri,
         registered_model=registered_name,
         registered_version=version,
-        dataset=str(dataset_dir),
+        dataset=location_label(dataset_dir),
         promotion=promotion,
         model_logging_s=time.time() - logging_started if version else 0.0,
     )
@@ -455,7 +464,7 @@ def log_final_model_of(
     """
     import numpy as np
 
-    from fovea.data import manifest_hash
+    from fovea.data import location_label, manifest_hash
     from fovea.models import count_macs, count_parameters, create_model, is_video_model
     from fovea.provenance import git_commit
     from fovea.track import finish_run, log_final_model, promote_new_version
@@ -490,7 +499,7 @@ def log_final_model_of(
             version_tags={
                 "architecture": type(model).__name__,
                 "model_name": cfg.model.name,
-                "dataset": str(dataset_dir),
+                "dataset": location_label(dataset_dir),
                 "manifest_hash": data_hash,
                 "val_top1": f"{last['val_top1']:.2f}",
                 "val_top5": f"{last['val_top5']:.2f}",
@@ -548,7 +557,7 @@ def log_final_model_of(
                     champion_alias=cfg.track.champion_alias,
                     challenger_alias=cfg.track.challenger_alias,
                     min_delta=cfg.track.promote_min_delta,
-                    dataset=str(dataset_dir),
+                    dataset=location_label(dataset_dir),
                     manifest_hash=data_hash,
                 )
     finish_run(tracking_uri, run_id)

@@ -259,6 +259,11 @@ def check_sweep(cfg: Config) -> list[Dimension]:
 
     dimensions = parse_space(cfg)
     check_before_start(cfg)
+    if "://" in cfg.train.storage_path:
+        raise ConfigError(
+            f"train.storage_path: {cfg.train.storage_path.partition('?')[0]}: a sweep keeps its state and reports in "
+            "a folder (local, or NFS on a cluster); s3:// and gs:// storage is for training jobs"
+        )
     if _may_distill(cfg, dimensions) and cfg.distill.type == "none":
         if not cfg.distill.teacher:
             raise ConfigError("tune.space.distill.type: trials that distill need distill.teacher")
@@ -458,7 +463,7 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
         manifest=manifest,
         dataset_dir=str(dataset_dir),
         sweep_name=sweep_name,
-        train_storage=str(sweep_dir / "train_runs") if "://" not in storage else f"{storage}/{sweep_name}/train_runs",
+        train_storage=str(sweep_dir / "train_runs"),
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,

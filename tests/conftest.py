@@ -22,10 +22,21 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def _demo_datasets(tmp_path_factory):
+    """One folder of generated demo sets for the whole session (each takes ~10 s to make)."""
+    return tmp_path_factory.mktemp("demo_datasets")
+
+
 @pytest.fixture(autouse=True)
-def _scratch_home(tmp_path_factory, monkeypatch):
-    """Each test gets its own FOVEA_HOME so nothing touches the user's cache."""
+def _scratch_home(request, tmp_path_factory, monkeypatch):
+    """Each test gets its own FOVEA_HOME so nothing touches the user's cache.
+
+    The end-to-end tests (marked ``slow``) share the demo sets they train on: their ``$FOVEA_HOME/datasets`` is one
+    session-wide folder, so a demo set is made by the first test that needs it and read by the others."""
     home = tmp_path_factory.mktemp("fovea_home")
+    if request.node.get_closest_marker("slow"):
+        (home / "datasets").symlink_to(request.getfixturevalue("_demo_datasets"), target_is_directory=True)
     monkeypatch.setenv("FOVEA_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

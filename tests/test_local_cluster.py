@@ -98,7 +98,8 @@ def test_elastic_smoke_mvit_outlives_a_server_crash_and_a_lost_node(cluster, tmp
     dashboard = f"http://127.0.0.1:{ports['DASHBOARD_PORT']}"
     tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
     runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
-    runtime_env["env_vars"].update(FOVEA_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=tracking)
+    # this test's FOVEA_HOME: its demo sets are the session's (see conftest)
+    runtime_env["env_vars"].update(FOVEA_HOME=os.environ["FOVEA_HOME"], MLFLOW_TRACKING_URI=tracking)
     # Right after the node loss that view still counts the lost node: Ray Train waits this long for a worker it
     # cannot place, then asks again (default 60 s; see the README's "Elastic training")
     runtime_env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"

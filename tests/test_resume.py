@@ -49,7 +49,8 @@ def _wait_for_committed_epoch(run_dir: Path, at_least: int, timeout_s: float = 6
 
 
 def test_killed_run_resumes_from_epoch_3(tmp_path):
-    env = {**os.environ, "FOVEA_HOME": str(tmp_path / "home"), "RAY_DISABLE_USAGE_STATS": "1"}
+    home = Path(os.environ["FOVEA_HOME"])  # this test's own (with the session's demo sets, see conftest)
+    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [
         sys.executable,
@@ -71,11 +72,11 @@ def test_killed_run_resumes_from_epoch_3(tmp_path):
         assert time.time() < deadline, "first run never reached epoch 2:\n" + "".join(seen[-30:])
     # Ray Train's controller records a reported checkpoint a moment after the worker's report returns; a kill
     # before that resumes from the epoch before (correct, but not this test's point): kill once it is recorded.
-    _wait_for_committed_epoch(tmp_path / "home" / "runs" / "resume-me", at_least=2)
+    _wait_for_committed_epoch(home / "runs" / "resume-me", at_least=2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL, "".join(seen[-30:])
-    committed = _latest_committed_epoch(tmp_path / "home" / "runs" / "resume-me")
+    committed = _latest_committed_epoch(home / "runs" / "resume-me")
     assert committed in (2, 3)  # 3 only if epoch 3 ended within the moment between the check and the kill
 
     # the same run with 2 workers, half a CPU each (the other CPU decodes)

@@ -54,9 +54,10 @@ start() {
     trap - ERR
     echo "Ray head + $workers worker nodes at 127.0.0.1:$ray_port; job server http://127.0.0.1:$dashboard_port"
     echo "MLflow tracking server http://127.0.0.1:${MLFLOW_PORT:-5000}"
-    echo "  export RAY_AUTH_MODE=token MLFLOW_TRACKING_URI=http://127.0.0.1:${MLFLOW_PORT:-5000}"
+    echo "  export RAY_AUTH_MODE=token"
     echo "  ray job submit --address http://127.0.0.1:$dashboard_port --working-dir . \\"
-    echo "      --runtime-env cluster/runtime_env.yaml -- python jobs/train_mvit.py --preset smoke ..."
+    echo "      --runtime-env cluster/runtime_env.yaml -- python jobs/train_mvit.py --preset smoke \\"
+    echo "      track.uri=http://127.0.0.1:${MLFLOW_PORT:-5000} train.storage_path=/tmp/fovea-shared/runs"
 }
 
 start_worker() {

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 SERVER_SCRIPT = ROOT / "cluster" / "mlflow_server.sh"
-EPOCHS = 8  # the smoke preset's epochs take 1-2 s here: room to lose a node mid-run
+EPOCHS = 6  # the smoke preset's epochs take 1-2 s here: room to lose a node mid-run
 EPOCH_LINE = re.compile(rf"\bepoch (\d+)/{EPOCHS} \|")  # as the worker prints them
 
 
@@ -102,7 +102,7 @@ def test_elastic_smoke_mvit_outlives_a_server_crash_and_a_lost_node(cluster, tmp
     runtime_env["env_vars"].update(FOVEA_HOME=os.environ["FOVEA_HOME"], MLFLOW_TRACKING_URI=tracking)
     # Right after the node loss that view still counts the lost node: Ray Train waits this long for a worker it
     # cannot place, then asks again (default 60 s; see the README's "Elastic training")
-    runtime_env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
+    runtime_env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "5"
     (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
     run_dir = tmp_path / "shared" / "runs" / "two-nodes"
     submit = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT)]

@@ -82,14 +82,13 @@ def _read_bytes(file: Path | str) -> bytes:
     """
     if not is_uri(file):
         return Path(file).read_bytes()
-    from pyarrow import fs
+    from fovea.data.video import read_bytes
 
-    filesystem, inner = fs.FileSystem.from_uri(file)
-    if filesystem.get_file_info(inner).type != fs.FileType.File:
+    try:
+        return read_bytes(file)
+    except FileNotFoundError:
         folder = _split_uri(file)[0].removesuffix("/" + MANIFEST_NAME)
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: {_PREPARE_HINT}")
-    with filesystem.open_input_stream(inner) as stream:
-        return stream.read()
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {folder}: {_PREPARE_HINT}") from None
 
 
 def manifest_hash(path: str | Path) -> str:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fovea.data.clips import CLIP_COLUMNS, ClipSpec, DecodeClips
+from fovea.data.manifest import is_uri
 from fovea.data.transforms import DecodeImages
 
 if TYPE_CHECKING:
@@ -109,12 +110,14 @@ def read_split(
 def _paths_and_filesystem(shards: list[str]) -> tuple[list[str], Any]:
     """Local shard paths as they are (filesystem None); URIs (``s3://bucket/ds/x.parquet?endpoint_override=...``) as
     paths inside one pyarrow filesystem built from the first, options included (Ray Data would drop them)."""
-    if not shards or "://" not in shards[0]:
+    if not shards or not is_uri(shards[0]):
         return shards, None
     from pyarrow import fs
 
-    filesystem, _ = fs.FileSystem.from_uri(shards[0])
-    return [fs.FileSystem.from_uri(shard)[1] for shard in shards], filesystem
+    # one filesystem (building one may ask the store for its region); the shards share its scheme and authority
+    filesystem, first = fs.FileSystem.from_uri(shards[0])
+    prefix = len(shards[0].partition("?")[0]) - len(first)  # "s3://" for s3://bucket/key -> bucket/key
+    return [shard.partition("?")[0][prefix:] for shard in shards], filesystem
 
 
 def _local_size_mb(paths: list[str]) -> float:

@@ -130,7 +130,26 @@ def create_model(
         ) from None
     if checkpoint:
         load_weights(model, checkpoint)
+    use_sdpa(model)
     return model
+
+
+def use_sdpa(model: nn.Module) -> int:
+    """Turn on ``F.scaled_dot_product_attention`` in every timm attention layer that has it as an option.
+
+    timm leaves it off where it calls it experimental (Swin's window attention, with its relative position bias as
+    an additive mask): those layers then build the full softmax(QK^T) matrix themselves, which costs memory and
+    rules out the fused GPU kernels. The results are the same to float rounding (``tests/test_fast_path.py``).
+
+    Returns:
+        How many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "fused_attn", True) is False:
+            module.fused_attn = True
+            switched += 1
+    return switched
 
 
 def window_fit_problem(model: nn.Module) -> str | None:

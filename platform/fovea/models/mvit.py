@@ -29,7 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from fovea.models.factory import register_video_model
-from fovea.models.layers import init_transformer_weights
+from fovea.models.layers import CheckpointedBlocks, init_transformer_weights
 from fovea.models.layers.pooling_attention import PoolingAttention, Shape3
 
 __all__ = ["MViT", "MViTCfg"]
@@ -150,7 +150,7 @@ class MultiScaleBlock(nn.Module):
         return x + self.drop_path(self.mlp(normed)), new_grid
 
 
-class MViT(nn.Module):
+class MViT(CheckpointedBlocks, nn.Module):
     """An MViT classifier of clips ``(B, C, T, H, W)``.
 
     Args:
@@ -225,7 +225,7 @@ class MViT(nn.Module):
         pos = self.pos_embed_spatial.repeat(1, steps, 1) + self.pos_embed_temporal.repeat_interleave(positions, dim=1)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1) + self.pos_embed_class, x + pos], dim=1)
         for block in self.blocks:
-            x, grid = block(x, grid)
+            x, grid = self.run_block(block, x, grid)
         return self.norm(x)[:, 0]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

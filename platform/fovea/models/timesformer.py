@@ -32,6 +32,7 @@ from fovea.models.factory import register_video_model
 from fovea.models.layers import (
     Attention,
     Block,
+    CheckpointedBlocks,
     TubeletEmbed,
     inflate_patch_weight,
     init_transformer_weights,
@@ -83,7 +84,7 @@ class DividedSpaceTimeBlock(Block):
         return tokens[:, :1], tokens[:, 1:].view(batch, frames, num_patches, dim)
 
 
-class TimeSformer(nn.Module):
+class TimeSformer(CheckpointedBlocks, nn.Module):
     """A TimeSformer with ``attention`` = ``divided``, ``joint`` or ``space``.
 
     Args:
@@ -167,16 +168,16 @@ class TimeSformer(nn.Module):
         if self.attention == "divided":
             cls = cls.expand(batch, -1, -1)
             for block in self.blocks:
-                cls, patches = block(cls, patches)
+                cls, patches = self.run_block(block, cls, patches)
             return self.norm(cls)[:, 0]
         if self.attention == "joint":
             tokens = torch.cat([cls.expand(batch, -1, -1), patches.reshape(batch, frames * num_patches, dim)], dim=1)
             for block in self.blocks:
-                tokens = block(tokens)
+                tokens = self.run_block(block, tokens)
             return self.norm(tokens)[:, 0]
         tokens = torch.cat([cls.expand(batch, frames, 1, dim), patches], dim=2)  # (B, T, 1 + N, D): frame by frame
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = self.run_block(block, tokens)
         return self.norm(tokens)[:, :, 0].mean(dim=1)  # each frame's CLS, averaged
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from fovea.models.factory import register_video_model
 from fovea.models.layers import (
     Attention,
     Block,
+    CheckpointedBlocks,
     TubeletEmbed,
     inflate_patch_weight,
     init_transformer_weights,
@@ -99,7 +100,7 @@ class FactorisedDotProductAttention(Attention):
         return self.merge_heads(torch.cat([spatial, temporal], dim=2))
 
 
-class ViViT(nn.Module):
+class ViViT(CheckpointedBlocks, nn.Module):
     """A ViViT model: ``kind`` is ``joint`` (Model 1), ``fe`` (2), ``fsa`` (3) or ``fdp`` (4).
 
     Args:
@@ -219,22 +220,22 @@ class ViViT(nn.Module):
             x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, steps * patches, dim)], dim=1)
             x = self.pos_drop(x + self.pos_embed)  # (B, 1 + T'N, D)
             for block in self.blocks:
-                x = block(x)
+                x = self.run_block(block, x)
             return self.norm(x)[:, 0]
         if self.kind == "fe":
             x = torch.cat([self.cls_token.expand(batch, steps, 1, dim), x], dim=2)  # (B, T', 1 + N, D)
             x = self.pos_drop(x + self.pos_embed)
             for block in self.blocks:  # the spatial encoder sees each time step alone
-                x = block(x)
+                x = self.run_block(block, x)
             frames = self.norm(x)[:, :, 0]  # (B, T', D): one CLS per time step
             x = torch.cat([self.temporal_cls_token.expand(batch, -1, -1), frames], dim=1)
             x = x + self.temporal_pos_embed  # (B, 1 + T', D)
             for block in self.temporal_blocks:
-                x = block(x)
+                x = self.run_block(block, x)
             return self.temporal_norm(x)[:, 0]
         x = self.pos_drop(x + self.pos_embed.view(1, steps, patches, dim))  # (B, T', N, D)
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
         return self.norm(x).mean(dim=(1, 2))  # Models 3 and 4 have no CLS: the mean token
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

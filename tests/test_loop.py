@@ -18,6 +18,7 @@ from fovea.train.loop import (
     build_scheduler,
     evaluate,
     move_schedule,
+    skips_on_device,
     train_one_epoch,
 )
 
@@ -149,9 +150,45 @@ def test_non_finite_loss_skips_the_step():
         normalize=Normalize((0.5,) * 3, (0.5,) * 3),
         device=CPU,
     )
-    assert stats.skipped_batches == 3 and stats.steps == 0
+    assert stats.skipped_batches == 3 and stats.longest_skip_run == 3 and stats.steps == 3
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+def test_fused_adamw_skips_non_finite_steps_on_the_device():
+    torch.manual_seed(0)
+    model = create_model("vit_nano_patch4_16", num_classes=3, drop_path_rate=0.0)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-2), fused=True)
+    assert skips_on_device(optimizer)
+    calls = []
+
+    class SometimesNan(nn.Module):  # batches 2 and 3 (of 5) give a NaN loss
+        def forward(self, logits, targets):
+            calls.append(1)
+            loss = nn.functional.cross_entropy(logits, targets)
+            return loss * float("nan") if len(calls) in (2, 3) else loss
+
+    snapshots = []
+    stats = train_one_epoch(
+        model,
+        _batches(5),
+        optimizer=optimizer,
+        scheduler=None,
+        criterion=SometimesNan(),
+        normalize=Normalize((0.5,) * 3, (0.5,) * 3),
+        device=CPU,
+        grad_clip=1.0,
+        on_step=lambda step, loss, lr: snapshots.append((step, loss, model.head.weight.detach().clone())),
+    )
+    assert stats.steps == 5 and stats.skipped_batches == 2 and stats.longest_skip_run == 2
+    assert math.isfinite(stats.loss)
+    # steps 2 and 3 left the weights and Adam's step count as they were; 4 moved them again
+    torch.testing.assert_close(snapshots[1][2], snapshots[0][2])
+    torch.testing.assert_close(snapshots[2][2], snapshots[0][2])
+    assert not torch.equal(snapshots[3][2], snapshots[0][2])
+    assert math.isnan(snapshots[1][1]) and math.isfinite(snapshots[3][1])
+    assert int(optimizer.state[model.head.weight]["step"]) == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_mixup_runs_with_soft_targets_and_odd_batches():

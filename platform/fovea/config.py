@@ -47,6 +47,11 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1024, ge=0, description="rows in the worker's local shuffle buffer (0 = off)")
     decode_batch_size: int = Field(64, ge=1, description="rows per Ray Data decode/augment task batch")
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched on each worker")
+    jpeg_decode: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="images: decode JPEGs in Ray Data's CPU tasks, or on the training device (nvJPEG on a GPU; the "
+        "CPU tasks only pick the crops)",
+    )
     cache_max_mb: float = Field(
         1024, ge=0, description="keep a split's encoded rows in Ray's object store when its shards total at most this"
     )
@@ -112,8 +117,13 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="random seed")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
-    compile: bool = Field(False, description="torch.compile the model")
-    compile_mode: str = Field("default", description="torch.compile mode")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the model (auto = on GPU only)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode"
+    )
+    grad_checkpointing: bool = Field(
+        False, description="activation checkpointing: recompute each block in the backward pass (less memory)"
+    )
     ema: bool = Field(False, description="keep an exponential moving average of the weights")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
     max_failures: int = Field(0, ge=-1, description="worker failures Ray Train recovers from (-1 = unlimited)")

@@ -164,6 +164,31 @@ def build_criterion(*, mixup: Mixup | None, label_smoothing: float) -> nn.Module
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
+FUSED_OPTIMIZERS = ("adam", "adamw")  # timm names that build torch's Adam/AdamW, which have fused kernels
+
+
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """``train.compile``: ``auto`` compiles on a GPU only (on a CPU compiling takes longer than it saves)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def configure_device(device: torch.device) -> None:
+    """Fast GPU defaults: TF32 for the float32 matmuls and convolutions left outside bf16 autocast."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated GPU memory on CUDA, else the process's peak RSS (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 under ``auto`` on GPU, nothing on CPU (bf16 matmuls are slower than fp32 on most CPUs)."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -178,6 +203,7 @@ class EpochStats:
     steps: int
     seconds: float
     skipped_batches: int = 0
+    longest_skip_run: int = 0
 
     @property
     def samples_per_second(self) -> float:
@@ -192,6 +218,46 @@ def _micro_batches(batches: Iterable[dict[str, torch.Tensor]], accum_steps: int)
             yield group
             group = []
     # a trailing partial group is dropped, like drop_last, so every optimizer step sees the same batch count
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can skip a step on the device (fused Adam/AdamW read ``optimizer.found_inf``).
+
+    Then a step with a non-finite loss or gradient is dropped without the host waiting for the GPU: the training
+    loop never synchronises, and the next batches are queued while this one computes.
+    """
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused"))
+
+
+def prefetch_to_device(
+    batches: Iterable[dict[str, torch.Tensor]], device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Copy each batch to a CUDA device one batch ahead, on a side stream, so the GPU never waits for a copy.
+
+    The batches should come from pinned host memory (``iter_torch_batches(pin_memory=True)``) for the copies to
+    be asynchronous. On any other device the batches pass through as they are.
+    """
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def copy(batch: dict[str, Any]) -> dict[str, Any]:
+        with torch.cuda.stream(stream):
+            return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    iterator = iter(batches)
+    ahead = next(iterator, None)
+    ahead = copy(ahead) if ahead is not None else None
+    while ahead is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)
+        current = ahead
+        for value in current.values():
+            if torch.is_tensor(value):
+                value.record_stream(torch.cuda.current_stream(device))  # the side stream may not reuse it early
+        following = next(iterator, None)
+        ahead = copy(following) if following is not None else None
+        yield current
 
 
 def train_one_epoch(
@@ -209,14 +275,20 @@ def train_one_epoch(
     mixup: Mixup | None = None,
     ema: Any | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
+    log_every: int = 1,
     start_step: int = 0,
     teacher: nn.Module | None = None,
 ) -> EpochStats:
     """One pass over ``batches``; returns the mean loss and throughput of this process.
 
+    A step whose loss or gradient is not finite is skipped (the weights and optimizer moments stay as they were)
+    and counted; the learning-rate schedule still moves on. With a fused Adam/AdamW the skip happens on the device
+    (``optimizer.found_inf``), and the host reads the loss only every ``log_every`` steps and at the end of the
+    epoch, so it can run ahead of the GPU; other optimizers check each step on the host.
+
     Args:
         model: the (possibly DDP-wrapped) model, in train mode on return.
-        batches: uint8 image batches with labels.
+        batches: uint8 image batches with labels (on the CPU or already on ``device``).
         optimizer: the optimizer; one step per ``accum_steps`` batches.
         scheduler: stepped after every optimizer step.
         criterion: loss on (logits, targets).
@@ -227,19 +299,24 @@ def train_one_epoch(
         grad_clip: max gradient norm (0 = off).
         mixup: batch mixup/cutmix, or None.
         ema: a timm ``ModelEmaV3`` updated after each optimizer step, or None.
-        on_step: called as ``on_step(global_step, loss, lr)`` after each optimizer step.
+        on_step: called as ``on_step(global_step, loss, lr)`` after every ``log_every``-th optimizer step.
+        log_every: how often ``on_step`` is called (each call waits for the device to catch up).
         start_step: the global optimizer step count before this epoch.
         teacher: a frozen teacher; when given, ``criterion`` is called as ``criterion(outputs, targets,
             teacher(images))`` on the same (mixed) images the student sees.
     """
     model.train()
     dtype = autocast_dtype(precision, device)
-    step, loss_sum, samples, skipped = start_step, 0.0, 0, 0
-    loss_count = 0
+    on_device = skips_on_device(optimizer)
+    zero = torch.zeros((), device=device)
+    # running sums kept on the device: loss of applied steps, applied steps, skipped steps, current and longest
+    # run of consecutive skipped steps
+    loss_sum, applied, skipped, run, longest = (zero.clone() for _ in range(5))
+    step, samples = start_step, 0
     start = time.perf_counter()
     for group in _micro_batches(batches, accum_steps):
         optimizer.zero_grad(set_to_none=True)
-        group_loss = 0.0
+        group_loss = zero
         for index, batch in enumerate(group):
             images = normalize(batch_inputs(batch).to(device, non_blocking=True))
             targets = batch["label"].to(device, non_blocking=True)
@@ -255,31 +332,40 @@ def train_one_epoch(
                 else:
                     loss = criterion(model(images), targets, teacher(images))
                 (loss / len(group)).backward()
-            group_loss += loss.item() / len(group)
+            group_loss = group_loss + loss.detach().float() / len(group)
             samples += images.shape[0]
-        if not math.isfinite(group_loss):
-            # a non-finite loss would poison the weights and Adam's moments: drop the step, keep the count
-            skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            continue
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads) if grads else zero
+        bad = ~(torch.isfinite(group_loss) & torch.isfinite(norm))  # a non-finite step would poison the weights
         if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+            nn.utils.clip_grads_with_norm_(model.parameters(), grad_clip, norm)
+        if on_device:
+            optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step count alone
+            optimizer.step()
+        elif not bad.item():
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         step += 1
         if ema is not None:
             ema.update(unwrap(model), step=step)
-        loss_sum += group_loss
-        loss_count += 1
-        if on_step is not None:
-            on_step(step, group_loss, optimizer.param_groups[0]["lr"])
+        loss_sum += torch.where(bad, zero, group_loss)
+        applied += (~bad).float()
+        skipped += bad.float()
+        run = (run + 1) * bad.float()
+        longest = torch.maximum(longest, run)
+        if on_step is not None and step % log_every == 0:
+            on_step(step, group_loss.item(), optimizer.param_groups[0]["lr"])
+    if on_device:
+        optimizer.found_inf = None
+    loss_total, applied_steps, skipped_steps, longest_run = torch.stack([loss_sum, applied, skipped, longest]).tolist()
     return EpochStats(
-        loss=loss_sum / max(1, loss_count),
+        loss=loss_total / max(1.0, applied_steps),
         samples=samples,
         steps=step - start_step,
         seconds=time.perf_counter() - start,
-        skipped_batches=skipped,
+        skipped_batches=int(skipped_steps),
+        longest_skip_run=int(longest_run),
     )
 
 

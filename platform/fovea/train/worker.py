@@ -17,14 +17,19 @@ from fovea.config import Config
 from fovea.distill import DistillationLoss, Teacher, use_distillation_token
 from fovea.models import create_model
 from fovea.train.loop import (
+    FUSED_OPTIMIZERS,
     Normalize,
     build_criterion,
     build_mixup,
     build_optimizer,
     build_scheduler,
+    compile_enabled,
+    configure_device,
     evaluate,
     move_schedule,
     normalization,
+    peak_memory_mb,
+    prefetch_to_device,
     restore_hyperparameters,
     train_one_epoch,
     unwrap,
@@ -74,6 +79,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(cfg.train.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
     device = ray.train.torch.get_device()
+    configure_device(device)
+    pin = device.type == "cuda"  # pinned host batches: the copies to the GPU run asynchronously
 
     model = create_model(
         cfg.model.name,
@@ -95,7 +102,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     batch_size = cfg.data.batch_size
     steps_per_epoch = max(1, loop_config["train_count"] // world // batch_size // cfg.optim.accum_steps)
-    optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
+    if cfg.train.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"train.grad_checkpointing: {cfg.model.name} has no activation checkpointing")
+        model.set_grad_checkpointing(True)
+    # fused Adam/AdamW: one kernel for all parameters, and a non-finite step is skipped on the device
+    optimizer = build_optimizer(model, cfg.optim, fused=cfg.optim.name in FUSED_OPTIMIZERS)
     scheduler = build_scheduler(
         optimizer,
         total_steps=steps_per_epoch * cfg.train.epochs,
@@ -136,7 +148,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             print(f"resuming {name} from its checkpoint: epoch {start_epoch + 1}{resized}", flush=True)
 
     model = ray.train.torch.prepare_model(model, move_to_device=False)
-    if cfg.train.compile:
+    if compile_enabled(cfg.train.compile, device):
         model = torch.compile(model, mode=cfg.train.compile_mode)
 
     checkpoint_run_id = run_id
@@ -162,8 +174,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     log_every = cfg.track.log_every_steps
 
-    def on_step(step: int, loss: float, lr: float) -> None:
-        if tracker is not None and step % log_every == 0:
+    def on_step(step: int, loss: float, lr: float) -> None:  # every log_every steps
+        if tracker is not None:
             tracker.log_metrics({"step/train_loss": loss, "step/lr": lr}, step=step)
 
     mixup = build_mixup(cfg.data, num_classes=len(classes), label_smoothing=cfg.train.label_smoothing)
@@ -182,9 +194,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     eval_batch_size = cfg.data.eval_batch_size or 2 * batch_size
 
     def val_batches() -> Any:
-        return val_shard.iter_torch_batches(
-            batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu"
+        batches = val_shard.iter_torch_batches(
+            batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu", pin_memory=pin
         )
+        return prefetch_to_device(batches, device)
 
     num_views = cfg.data.num_temporal_clips * cfg.data.num_spatial_crops
     views_shard = ray.train.get_dataset_shard("val_views") if loop_config.get("multi_view") else None
@@ -212,10 +225,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
                 prefetch_batches=cfg.data.prefetch_batches,
                 device="cpu",
+                pin_memory=pin,
             )
             stats = train_one_epoch(
                 model,
-                batches,
+                prefetch_to_device(batches, device),
                 optimizer=optimizer,
                 scheduler=scheduler,
                 criterion=criterion,
@@ -227,17 +241,26 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 mixup=mixup,
                 ema=ema,
                 on_step=on_step,
+                log_every=log_every,
                 start_step=global_step,
                 teacher=teacher,
             )
             global_step += stats.steps
             val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
-            loss_sum, samples, seconds_sum, skipped = _sum_across_workers(
-                [stats.loss * stats.steps, float(stats.samples), stats.seconds, float(stats.skipped_batches)], device
+            applied = stats.steps - stats.skipped_batches
+            loss_sum, applied_sum, samples, seconds_sum, skipped = _sum_across_workers(
+                [
+                    stats.loss * applied,
+                    float(applied),
+                    float(stats.samples),
+                    stats.seconds,
+                    float(stats.skipped_batches),
+                ],
+                device,
             )
             metrics = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / max(1, stats.steps * world),
+                "train_loss": loss_sum / max(1.0, applied_sum),
                 "val_loss": val["loss"],
                 "val_top1": val["top1"],
                 "val_top5": val["top5"],
@@ -248,6 +271,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "lr": optimizer.param_groups[0]["lr"],
                 "skipped_steps": skipped,
                 "workers": world,  # changes in an elastic run
+                "peak_memory_mb": peak_memory_mb(device),  # rank 0's: GPU memory allocated, or the process's RSS
             }
             if "top1_cls" in val:  # a distillation-token student: each head alone, beside their mean (val_top1)
                 metrics["val_top1_cls"] = val["top1_cls"]

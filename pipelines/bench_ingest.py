@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from fovea.data.bench import run_benchmark
+    from fovea.data.bench import format_ingest, run_benchmark
 
     results = run_benchmark(
         manifest,
@@ -79,22 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         rss_decodes=args.rss_decodes if args.kind == "video" else 0,
     )
-    unit = "clips" if args.kind == "video" else "images"
     print(
-        f"\n{args.kind} ingest of {data_dir} ({manifest['splits']['train']['count']} training rows, "
-        f"{args.workers} worker processes, batch {args.batch_size}, {args.epochs} epochs)"
-    )
-    for path in results["paths"]:
-        epochs = ", ".join(f"{seconds:.2f}" for seconds in path["epoch_seconds"])
-        growth = path["peak_mb"] - path["baseline_mb"]
-        print(
-            f"  {path['name']:<11} {path['warm_items_per_s']:7.1f} {unit}/s warm ({path['items_per_s']:.1f} all epochs)"
-            f" | epochs {epochs} s | first batch {path['first_batch_s']:.2f} s | peak PSS {path['peak_mb']:.0f} MiB"
-            f" (+{growth:.0f} over idle)"
+        "\n"
+        + format_ingest(
+            results,
+            kind=args.kind,
+            where=str(data_dir),
+            rows=manifest["splits"]["train"]["count"],
+            workers=args.workers,
+            batch=args.batch_size,
         )
-    print(
-        f"  ratio Ray Data / DataLoader: {results['ratio']:.2f}x warm epochs "
-        f"({results['ratio_all_epochs']:.2f}x counting the first epoch)"
     )
     if results.get("rss_trace"):
         trace = results["rss_trace"]

@@ -274,3 +274,25 @@ def run_benchmark(
         after_warmup = next((rss for count, rss in trace if count >= 200), trace[0][1])
         results["rss_growth_mb"] = trace[-1][1] - after_warmup
     return results
+
+
+def format_ingest(results: dict[str, Any], *, kind: str, where: str, rows: int, workers: int, batch: int) -> str:
+    """The printed summary of :func:`run_benchmark`: each path's rate, epoch times and memory, and their ratio."""
+    unit = "clips" if kind == "video" else "images"
+    epochs = len(results["paths"][0]["epoch_seconds"])
+    lines = [
+        f"{kind} ingest of {where} ({rows} training rows, {workers} worker processes, batch {batch}, {epochs} epochs)"
+    ]
+    for path in results["paths"]:
+        times = ", ".join(f"{seconds:.2f}" for seconds in path["epoch_seconds"])
+        growth = path["peak_mb"] - path["baseline_mb"]
+        lines.append(
+            f"  {path['name']:<11} {path['warm_items_per_s']:7.1f} {unit}/s warm ({path['items_per_s']:.1f} all epochs)"
+            f" | epochs {times} s | first batch {path['first_batch_s']:.2f} s | peak PSS {path['peak_mb']:.0f} MiB"
+            f" (+{growth:.0f} over idle)"
+        )
+    lines.append(
+        f"  ratio Ray Data / DataLoader: {results['ratio']:.2f}x warm epochs "
+        f"({results['ratio_all_epochs']:.2f}x counting the first epoch)"
+    )
+    return "\n".join(lines)

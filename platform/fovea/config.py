@@ -96,6 +96,12 @@ class DataConfig(_Section):
             raise ValueError("must be [low, high] with 0 < low <= high")
         return value
 
+    @model_validator(mode="after")
+    def _device_decode_augments(self) -> DataConfig:
+        if self.jpeg_decode == "device" and self.randaugment_ops > 0:
+            raise ValueError("data.jpeg_decode=device crops, resizes and flips on the device: no RandAugment there")
+        return self
+
 
 class OptimConfig(_Section):
     name: str = Field("adamw", description="optimizer (any timm.optim name)")

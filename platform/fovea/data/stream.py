@@ -141,8 +141,15 @@ def build_image_datasets(
     """
     # A callable instance (not a class) runs as plain Ray tasks on reused worker processes: no actor start-up
     # per epoch, which matters on small machines.
-    train_decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
-    val_decode = DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct)
+    if data_cfg.jpeg_decode == "device":  # the tasks only plan the crops; the worker decodes on its device
+        from fovea.data.device_decode import PlanCrops
+
+        augment = {k: v for k, v in _augment_args(data_cfg).items() if not k.startswith("randaugment")}
+        train_decode: Any = PlanCrops(img_size, train=True, **augment)
+        val_decode: Any = PlanCrops(img_size, train=False, crop_pct=data_cfg.crop_pct)
+    else:
+        train_decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
+        val_decode = DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct)
     batch = data_cfg.decode_batch_size
     cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch)
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)

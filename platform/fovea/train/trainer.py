@@ -219,6 +219,8 @@ def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     from fovea.data import build_image_datasets, build_video_datasets
 
     if manifest.get("kind") == "video":
+        if cfg.data.jpeg_decode == "device":
+            raise ConfigError("data.jpeg_decode=device is for image datasets; this one holds videos")
         return build_video_datasets(
             manifest, cfg.data, img_size=cfg.model.img_size, num_frames=cfg.data.num_frames, seed=cfg.train.seed
         )

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from fovea.config import Config
+from fovea.data.device_decode import decode_batch
 from fovea.distill import DistillationLoss, Teacher, use_distillation_token
 from fovea.models import create_model
 from fovea.train.loop import (
@@ -189,15 +190,26 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # mixup's soft targets already carry the smoothing; either way it reaches the label term only
             label_smoothing=0.0 if mixup is not None else cfg.train.label_smoothing,
         )
+
+    def device_batches(shard: Any, *, batch_size: int, **options: Any) -> Any:
+        """A shard's batches on this worker's device: uint8 tensors copied a batch ahead from pinned memory, or
+        (``data.jpeg_decode=device``) JPEG batches decoded on the device."""
+        if cfg.data.jpeg_decode == "device":
+            raw = shard.iter_batches(
+                batch_size=batch_size, batch_format="numpy", prefetch_batches=cfg.data.prefetch_batches, **options
+            )
+            return (decode_batch(batch, img_size=cfg.model.img_size, device=device) for batch in raw)
+        batches = shard.iter_torch_batches(
+            batch_size=batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu", pin_memory=pin, **options
+        )
+        return prefetch_to_device(batches, device)
+
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     eval_batch_size = cfg.data.eval_batch_size or 2 * batch_size
 
     def val_batches() -> Any:
-        batches = val_shard.iter_torch_batches(
-            batch_size=eval_batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu", pin_memory=pin
-        )
-        return prefetch_to_device(batches, device)
+        return device_batches(val_shard, batch_size=eval_batch_size)
 
     num_views = cfg.data.num_temporal_clips * cfg.data.num_spatial_crops
     views_shard = ray.train.get_dataset_shard("val_views") if loop_config.get("multi_view") else None
@@ -219,17 +231,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     prefix = loop_config.get("progress_prefix", "")
     try:
         for epoch in range(start_epoch, last_epoch):
-            batches = train_shard.iter_torch_batches(
+            batches = device_batches(
+                train_shard,
                 batch_size=batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                prefetch_batches=cfg.data.prefetch_batches,
-                device="cpu",
-                pin_memory=pin,
             )
             stats = train_one_epoch(
                 model,
-                prefetch_to_device(batches, device),
+                batches,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 criterion=criterion,

@@ -1,0 +1,66 @@
+"""``jobs/benchmark.py`` on the CPU at toy sizes: both paths run and the figures hang together."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "benchmark.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(tmp_path):
+    out = tmp_path / "bench.json"
+    # JPEGs decoded on the "device" (the CPU here): the full path's worker runs decode_batch
+    result = _run(
+        "--steps", "6", "--warmup", "2", "--val-samples", "16", "--json", str(out), "data.jpeg_decode=device",
+        "scaling.cpus_per_worker=1", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    plain, full = report["paths"]
+    assert (plain["name"], full["name"]) == ("plain loop", "fovea full path")
+    assert report["model"] == "vit_micro_patch4_32" and report["device"] == "cpu" and report["cpu_threads"] == 1
+    assert report["jpeg_decode"] == "device" and report["compile"] is False
+    assert full["samples"] == 6 * 32 and plain["samples"] == 6 * 32  # the measured epoch has --steps steps
+    assert report["ratio"] == pytest.approx(full["samples_per_s"] / plain["samples_per_s"])
+    flops, peak = report["train_gflops_per_sample"] * 1e9, report["peak_tflops"] * 1e12
+    for path in (plain, full):
+        assert path["samples_per_s"] > 0 and path["peak_memory_mb"] > 100
+        assert path["mfu"] == pytest.approx(path["samples_per_s"] * flops / peak)
+        assert 0 < path["mfu"] < 1
+    assert 0.2 < report["train_gflops_per_sample"] < 0.4  # the micro ViT at 32 px: 0.29 GFLOP counted
+    assert "ratio fovea / plain loop" in result.stdout and "MFU" in result.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_ingest_only_compares_ray_data_with_a_dataloader(tmp_path):
+    out = tmp_path / "ingest.json"
+    result = _run("--ingest-only", "--steps", "4", "--workers", "2", "--json", str(out), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    ray_data, loader = report["paths"]
+    assert (ray_data["name"], loader["name"]) == ("Ray Data", "DataLoader")
+    assert ray_data["items"] == loader["items"] == 2 * report["rows"]  # every row, both epochs, nothing lost
+    assert report["ratio"] == pytest.approx(ray_data["warm_items_per_s"] / loader["warm_items_per_s"])
+    assert "ratio Ray Data / DataLoader" in result.stdout
+
+
+def test_benchmark_rejects_a_bad_override(tmp_path):
+    result = _run("--plain-only", "train.compile_mode=fastest", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("benchmark: config error: train.compile_mode")

@@ -1,0 +1,116 @@
+"""``data.jpeg_decode=device``: crop planning in the Ray Data tasks, decoding and cropping on the training device
+(the CPU here; the same code runs nvJPEG on a GPU)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fovea.config import ConfigError, build_config
+from fovea.data.device_decode import PlanCrops, center_crop_box, decode_batch, random_resized_crop_box
+from fovea.data.transforms import DecodeImages
+
+CPU = torch.device("cpu")
+
+
+def _smooth_image(height: int, width: int, seed: int) -> Image.Image:
+    """A smooth picture (gradients and a disc): JPEG keeps it well, so decoders can be compared closely."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx, r = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width, min(height, width) / 4
+    disc = ((y - cy) ** 2 + (x - cx) ** 2 < r**2).astype(np.float32)
+    channels = [x / width * 200, y / height * 200, 60 + 150 * disc]
+    return Image.fromarray(np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8))
+
+
+def _encode(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _batch(images: list[bytes]) -> dict[str, np.ndarray]:
+    column = np.empty(len(images), dtype=object)
+    column[:] = images
+    return {"image": column, "label": np.arange(len(images), dtype=np.int64)}
+
+
+def test_eval_view_matches_the_cpu_path():
+    images = [_encode(_smooth_image(h, w, i), quality=95) for i, (h, w) in enumerate([(60, 80), (96, 64), (48, 48)])]
+    batch = _batch(images)
+    cpu = DecodeImages(32, train=False, crop_pct=0.875)(batch)
+    planned = PlanCrops(32, train=False, crop_pct=0.875)(batch)
+    device = decode_batch(planned, img_size=32, device=CPU)
+    assert device["image"].shape == (3, 3, 32, 32) and device["image"].dtype == torch.uint8
+    assert device["label"].tolist() == [0, 1, 2]
+    difference = (device["image"].float() - torch.from_numpy(cpu["image"]).float()).abs()
+    assert difference.mean() < 3.0, difference.mean()  # the same view; the two resamplers round differently
+
+
+def test_training_crops_are_in_bounds_flipped_and_seeded():
+    images = [_encode(_smooth_image(64, 96, i)) for i in range(8)]
+    plan = PlanCrops(32, train=True, hflip=0.5, seed=3)(_batch(images))
+    again = PlanCrops(32, train=True, hflip=0.5, seed=3)(_batch(images))
+    np.testing.assert_array_equal(plan["box"], again["box"])
+    top, left, height, width = plan["box"].T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 64).all() and (left + width <= 96).all()
+    assert 0 < plan["flip"].sum() < 8
+    out = decode_batch(plan, img_size=32, device=CPU)
+    assert out["image"].shape == (8, 3, 32, 32)
+    # a flipped crop is the mirror image of the same crop unflipped
+    unflipped = dict(plan, flip=np.zeros(8, dtype=bool))
+    plain = decode_batch(unflipped, img_size=32, device=CPU)["image"]
+    index = int(np.flatnonzero(plan["flip"])[0])
+    torch.testing.assert_close(out["image"][index], plain[index].flip(-1))
+
+
+def test_random_resized_crop_box_respects_scale_and_ratio():
+    rng = random.Random(0)
+    for _ in range(500):
+        height, width = rng.randint(1, 300), rng.randint(1, 300)
+        top, left, h, w = random_resized_crop_box(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), rng=rng)
+        assert 0 <= top and 0 <= left and 0 < h and 0 < w and top + h <= height and left + w <= width
+    # a square image with room for every box: the area stays in the scale range
+    for _ in range(200):
+        _, _, h, w = random_resized_crop_box(200, 200, scale=(0.25, 0.5), ratio=(1.0, 1.0), rng=rng)
+        assert 0.23 <= h * w / 40000 <= 0.52
+    assert center_crop_box(100, 200, img_size=32, crop_pct=0.875) == (5, 55, 89, 89)
+
+
+def test_other_formats_are_reencoded_and_broken_rows_skipped():
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("fovea.data.device_decode").addHandler(handler)
+    png = _encode(_smooth_image(40, 40, 0), "PNG")
+    cmyk = _encode(_smooth_image(40, 40, 1).convert("CMYK"), "JPEG")
+    rotated_image = _smooth_image(30, 50, 2)
+    exif = rotated_image.getexif()
+    exif[0x0112] = 6  # stored sideways: shown rotated by 90 degrees
+    rotated = _encode(rotated_image, "JPEG", exif=exif.tobytes())
+    plain = _encode(_smooth_image(40, 40, 3), "JPEG")
+    plan = PlanCrops(16, train=False)(_batch([png, b"not an image", cmyk, rotated, plain]))
+    assert plan["label"].tolist() == [0, 2, 3, 4]  # the broken row is gone, the rest kept in order
+    assert plan["jpeg"][3] == plain  # a plain JPEG travels as it is
+    assert all(bytes(jpeg[:2]) == b"\xff\xd8" for jpeg in plan["jpeg"])
+    # the rotated one: its box is in the upright 50 x 30 frame (centre square of side 30 * 16 / 18)
+    assert plan["box"][2].tolist() == [11, 1, 27, 27]
+    out = decode_batch(plan, img_size=16, device=CPU)
+    assert out["image"].shape == (4, 3, 16, 16)
+    logging.getLogger("fovea.data.device_decode").removeHandler(handler)
+    assert any("3 images in this batch were not plain JPEGs" in m for m in messages)
+    assert any("does not decode" in m for m in messages)
+
+
+def test_empty_batches_and_config_checks():
+    empty = PlanCrops(16, train=True)(_batch([]))
+    assert decode_batch(empty, img_size=16, device=CPU)["image"].shape == (0, 3, 16, 16)
+    assert build_config([{"data": {"jpeg_decode": "device"}}]).data.jpeg_decode == "device"
+    with pytest.raises(ConfigError, match="RandAugment"):
+        build_config([{"data": {"jpeg_decode": "device", "randaugment_ops": 2}}])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,15 +24,30 @@ def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _job():
+    """jobs/benchmark.py as a module, to run its main() in this process on the module's Ray."""
+    spec = importlib.util.spec_from_file_location("benchmark_job", ROOT / "jobs" / "benchmark.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+@pytest.fixture
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark sets the worker's thread count in this process
+
+
 @pytest.mark.slow
-def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(tmp_path):
+def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(
+    ray_local, tmp_path, capsys, keep_torch_threads
+):
     out = tmp_path / "bench.json"
     # JPEGs decoded on the "device" (the CPU here): the full path's worker runs decode_batch
-    result = _run(
-        "--steps", "6", "--warmup", "2", "--val-samples", "16", "--json", str(out), "data.jpeg_decode=device",
-        "scaling.cpus_per_worker=1", tmp_path=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["--steps", "6", "--warmup", "2", "--val-samples", "16", "--device", "cpu", "--json", str(out)]
+    assert _job().main([*args, "data.jpeg_decode=device", "scaling.cpus_per_worker=1"]) == 0
+    stdout = capsys.readouterr().out
     report = json.loads(out.read_text())
     plain, full = report["paths"]
     assert (plain["name"], full["name"]) == ("plain loop", "fovea full path")
@@ -44,20 +61,21 @@ def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(tmp_pat
         assert path["mfu"] == pytest.approx(path["samples_per_s"] * flops / peak)
         assert 0 < path["mfu"] < 1
     assert 0.2 < report["train_gflops_per_sample"] < 0.4  # the micro ViT at 32 px: 0.29 GFLOP counted
-    assert "ratio fovea / plain loop" in result.stdout and "MFU" in result.stdout
+    assert "ratio fovea / plain loop" in stdout and "MFU" in stdout
 
 
 @pytest.mark.slow
-def test_benchmark_ingest_only_compares_ray_data_with_a_dataloader(tmp_path):
+def test_benchmark_ingest_only_compares_ray_data_with_a_dataloader(ray_local, tmp_path, capsys):
+    # in this process, on the module's Ray (run_benchmark uses a running Ray as it is)
     out = tmp_path / "ingest.json"
-    result = _run("--ingest-only", "--steps", "4", "--workers", "2", "--json", str(out), tmp_path=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert _job().main(["--ingest-only", "--steps", "4", "--workers", "2", "--device", "cpu", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     ray_data, loader = report["paths"]
     assert (ray_data["name"], loader["name"]) == ("Ray Data", "DataLoader")
+    assert report["rows"] >= 4 * 32
     assert ray_data["items"] == loader["items"] == 2 * report["rows"]  # every row, both epochs, nothing lost
     assert report["ratio"] == pytest.approx(ray_data["warm_items_per_s"] / loader["warm_items_per_s"])
-    assert "ratio Ray Data / DataLoader" in result.stdout
+    assert "ratio Ray Data / DataLoader" in capsys.readouterr().out
 
 
 def test_benchmark_rejects_a_bad_override(tmp_path):

@@ -32,6 +32,13 @@ def test_defaults_are_valid_and_frozen():
         ("model.window_size=null", ("model.window_size", None)),
         ("train.name=", ("train.name", "")),
         ("data.path=/data/my set", ("data.path", "/data/my set")),
+        # text fields take the text as it is, whatever YAML would make of it
+        ("train.name=2024", ("train.name", "2024")),
+        ("train.name=2024-01-31", ("train.name", "2024-01-31")),
+        ("track.experiment=v2 #3", ("track.experiment", "v2 #3")),
+        ("track.registered_model_name=yes", ("track.registered_model_name", "yes")),
+        ("eval.split=null", ("eval.split", "null")),
+        ("model.kwargs.depth=2", ("model.kwargs.depth", 2)),  # free-form values are still read as YAML
     ],
 )
 def test_parse_override_reads_yaml_values(text, expected):

@@ -366,16 +366,22 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _field_names_at(loc: Sequence[str | int]) -> list[str]:
-    """The valid field names of the section at ``loc`` (for "did you mean" hints)."""
+def _section_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The config section (model class) at ``loc``, e.g. ``["optim"]``; None when ``loc`` names no section."""
     model: type[BaseModel] = Config
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
+            return None
         model = annotation
-    return list(model.model_fields)
+    return model
+
+
+def _field_names_at(loc: Sequence[str | int]) -> list[str]:
+    """The valid field names of the section at ``loc`` (for "did you mean" hints)."""
+    section = _section_at(loc)
+    return list(section.model_fields) if section else []
 
 
 def _format_errors(error: ValidationError) -> str:
@@ -410,11 +416,18 @@ def build_config(layers: Sequence[dict[str, Any]]) -> Config:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` to ``("optim.lr", 0.0003)``; values are read as YAML (``[1, 2]``, ``true``, ``null``)."""
+    """``"optim.lr=3e-4"`` to ``("optim.lr", 0.0003)``; values are read as YAML (``[1, 2]``, ``true``, ``null``),
+    except that a text field takes the text as it is: ``train.name=2024``, ``track.experiment=v2 #3`` and
+    ``data.path=~`` stay those strings instead of becoming a number, a date, a truncated comment or null."""
     path, sep, raw = text.partition("=")
     path = path.strip()
-    if not sep or not path or any(not part.isidentifier() for part in path.split(".")):
+    parts = path.split(".")
+    if not sep or not path or any(not part.isidentifier() for part in parts):
         raise ConfigError(f"{text!r}: overrides look like section.field=value, e.g. optim.lr=3e-4")
+    section = _section_at(parts[:-1])
+    field = section.model_fields.get(parts[-1]) if section else None
+    if field is not None and field.annotation is str:
+        return path, raw
     return path, _parse_value(raw)
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fovea.config import Config, ConfigError, build_config, describe_fields, parse_job_args, parse_override
+from fovea.config import (
+    Config,
+    ConfigError,
+    build_config,
+    describe_fields,
+    parse_job_args,
+    parse_override,
+    set_path,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ["vit", "deit", "swin", "cvt", "vivit", "timesformer", "mvit"]
@@ -68,6 +76,22 @@ def test_bad_values_name_every_path():
     for path in ("optim.lr", "data.crop_scale", "scaling.num_workers"):
         assert path in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "path"),
+    [
+        ("optim.lr=inf", "optim.lr"),
+        ("track.flush_timeout_s=.inf", "track.flush_timeout_s"),
+        ("data.mean=[nan, 0, 0]", "data.mean.0"),
+    ],
+)
+def test_non_finite_numbers_are_refused(override, path):
+    layer: dict = {}
+    set_path(layer, *parse_override(override))
+    with pytest.raises(ConfigError, match=rf"^{path}: Input should be a finite number") as err:
+        build_config([layer])
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(

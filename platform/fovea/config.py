@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class _Section(BaseModel):
-    """Base for every config section: immutable, unknown keys rejected, defaults validated."""
+    """Base for every config section: immutable, unknown keys rejected, defaults validated, numbers finite (a NaN or
+    infinite rate, crop or timeout is never meant, and would only fail, or silently do nothing, inside a worker)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):

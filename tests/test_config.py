@@ -94,6 +94,17 @@ def test_non_finite_numbers_are_refused(override, path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("override", ["train.seed=-1", "train.seed=4294967296", "tune.seed=-5"])
+def test_seeds_numpy_cannot_take_are_refused(override):
+    """A negative seed made every training clip fail (numpy's default_rng) and be skipped; 2**32 broke Optuna."""
+    layer: dict = {}
+    set_path(layer, *parse_override(override))
+    path = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{path}: Input should be (greater|less) than or equal to"):
+        build_config([layer])
+    assert build_config([{"train": {"seed": 2**32 - 1}, "tune": {"seed": 0}}]).train.seed == 2**32 - 1
+
+
 @pytest.mark.parametrize(
     ("override", "count", "low", "high"),
     [("3", 3, 3, 3), ("[1, 4]", (1, 4), 1, 4), ("[2,2]", 2, 2, 2)],

@@ -19,6 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Seeds reach numpy's default_rng (non-negative only) and RandomState (Optuna, Tune's random search: below 2**32).
+MAX_SEED = 2**32 - 1
+
 
 class _Section(BaseModel):
     """Base for every config section: immutable, unknown keys rejected, defaults validated, numbers finite (a NaN or
@@ -110,7 +113,7 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     name: str = Field("", description="run name; rerunning the same name resumes it ('' = model + timestamp)")
     epochs: int = Field(10, ge=1, description="training epochs")
-    seed: int = Field(0, description="random seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (0 to 2**32 - 1)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the model")
@@ -225,7 +228,9 @@ class TuneSection(_Section):
     max_concurrent_trials: int = Field(
         0, ge=0, description="trials at once (0 = as many as the cluster's CPUs/GPUs fit, see README)"
     )
-    seed: int | None = Field(None, description="seed of the search algorithm (None = tune.seed from train.seed)")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of the search algorithm (None = train.seed; 0 to 2**32 - 1)"
+    )
     register_best: bool = Field(
         True, description="register the best trial's model; track.promote decides whether it takes track.champion_alias"
     )

@@ -69,6 +69,12 @@ def test_unknown_key_names_the_path_and_suggests():
         build_config([{"optim": {"lrr": 0.1}}])
 
 
+def test_unknown_key_with_a_newline_stays_one_line():
+    with pytest.raises(ConfigError) as err:
+        build_config([{"optim": {"lr\nx": 0.1}}])
+    assert str(err.value) == "optim.'lr\\nx': unknown key (did you mean optim.lr?)"
+
+
 def test_bad_values_name_every_path():
     with pytest.raises(ConfigError) as err:
         build_config([{"optim": {"lr": -1}, "data": {"crop_scale": [2, 1]}, "scaling": {"num_workers": 0}}])

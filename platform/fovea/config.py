@@ -394,7 +394,8 @@ def _format_errors(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
-        path = ".".join(loc) or "config"
+        # a YAML key can hold any text: one with a newline or tab is quoted, so the message stays on one line
+        path = ".".join(part if part.isprintable() else repr(part) for part in loc) or "config"
         if err["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(loc[-1], _field_names_at(loc[:-1]), n=1)
             suggestion = f" (did you mean {'.'.join(loc[:-1] + hint)}?)" if hint else ""

@@ -69,6 +69,14 @@ def test_unknown_key_names_the_path_and_suggests():
         build_config([{"optim": {"lrr": 0.1}}])
 
 
+@pytest.mark.parametrize("betas", [[1.0, 0.999], [0.9, 1.5], [-0.1, 0.9]])
+def test_adam_betas_outside_zero_one_are_refused(betas):
+    """torch's Adam refuses them too, but only inside a worker after Ray has started."""
+    with pytest.raises(ConfigError, match=r"^optim\.betas: each beta must be in \[0, 1\)"):
+        build_config([{"optim": {"betas": betas}}])
+    assert build_config([{"optim": {"betas": [0.0, 0.98]}}]).optim.betas == (0.0, 0.98)
+
+
 def test_unknown_key_with_a_newline_stays_one_line():
     with pytest.raises(ConfigError) as err:
         build_config([{"optim": {"lr\nx": 0.1}}])

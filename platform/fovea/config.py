@@ -109,6 +109,13 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
     accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
 
 class TrainConfig(_Section):
     name: str = Field("", description="run name; rerunning the same name resumes it ('' = model + timestamp)")

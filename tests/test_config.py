@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fovea.config import Config, ConfigError, build_config, describe_fields, parse_job_args, parse_override
+from fovea.config import (
+    Config,
+    ConfigError,
+    build_config,
+    describe_fields,
+    parse_job_args,
+    parse_override,
+    set_path,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ["vit", "deit", "swin", "cvt", "vivit", "timesformer", "mvit"]
@@ -32,6 +40,13 @@ def test_defaults_are_valid_and_frozen():
         ("model.window_size=null", ("model.window_size", None)),
         ("train.name=", ("train.name", "")),
         ("data.path=/data/my set", ("data.path", "/data/my set")),
+        # text fields take the text as it is, whatever YAML would make of it
+        ("train.name=2024", ("train.name", "2024")),
+        ("train.name=2024-01-31", ("train.name", "2024-01-31")),
+        ("track.experiment=v2 #3", ("track.experiment", "v2 #3")),
+        ("track.registered_model_name=yes", ("track.registered_model_name", "yes")),
+        ("eval.split=null", ("eval.split", "null")),
+        ("model.kwargs.depth=2", ("model.kwargs.depth", 2)),  # free-form values are still read as YAML
     ],
 )
 def test_parse_override_reads_yaml_values(text, expected):
@@ -54,6 +69,20 @@ def test_unknown_key_names_the_path_and_suggests():
         build_config([{"optim": {"lrr": 0.1}}])
 
 
+@pytest.mark.parametrize("betas", [[1.0, 0.999], [0.9, 1.5], [-0.1, 0.9]])
+def test_adam_betas_outside_zero_one_are_refused(betas):
+    """torch's Adam refuses them too, but only inside a worker after Ray has started."""
+    with pytest.raises(ConfigError, match=r"^optim\.betas: each beta must be in \[0, 1\)"):
+        build_config([{"optim": {"betas": betas}}])
+    assert build_config([{"optim": {"betas": [0.0, 0.98]}}]).optim.betas == (0.0, 0.98)
+
+
+def test_unknown_key_with_a_newline_stays_one_line():
+    with pytest.raises(ConfigError) as err:
+        build_config([{"optim": {"lr\nx": 0.1}}])
+    assert str(err.value) == "optim.'lr\\nx': unknown key (did you mean optim.lr?)"
+
+
 def test_bad_values_name_every_path():
     with pytest.raises(ConfigError) as err:
         build_config([{"optim": {"lr": -1}, "data": {"crop_scale": [2, 1]}, "scaling": {"num_workers": 0}}])
@@ -61,6 +90,33 @@ def test_bad_values_name_every_path():
     for path in ("optim.lr", "data.crop_scale", "scaling.num_workers"):
         assert path in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "path"),
+    [
+        ("optim.lr=inf", "optim.lr"),
+        ("track.flush_timeout_s=.inf", "track.flush_timeout_s"),
+        ("data.mean=[nan, 0, 0]", "data.mean.0"),
+    ],
+)
+def test_non_finite_numbers_are_refused(override, path):
+    layer: dict = {}
+    set_path(layer, *parse_override(override))
+    with pytest.raises(ConfigError, match=rf"^{path}: Input should be a finite number") as err:
+        build_config([layer])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["train.seed=-1", "train.seed=4294967296", "tune.seed=-5"])
+def test_seeds_numpy_cannot_take_are_refused(override):
+    """A negative seed made every training clip fail (numpy's default_rng) and be skipped; 2**32 broke Optuna."""
+    layer: dict = {}
+    set_path(layer, *parse_override(override))
+    path = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{path}: Input should be (greater|less) than or equal to"):
+        build_config([layer])
+    assert build_config([{"train": {"seed": 2**32 - 1}, "tune": {"seed": 0}}]).train.seed == 2**32 - 1
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from PIL import Image
 
 from fovea.data import ensure_demo_images, load_manifest, prepare_images, scan_source, write_manifest
 from fovea.data.demo import DEMO_CLASSES
-from fovea.data.prepare import check_image, read_and_check_images
+from fovea.data.prepare import check_image, check_labels, read_and_check_images, run_preparation
 from fovea.paths import fovea_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,6 +251,33 @@ def test_scan_errors_are_one_line(tmp_path: Path, case: str, error: type[Excepti
     with pytest.raises(error, match=message) as caught:
         scan_source(_bad_source(tmp_path, case))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"class_name": "zebra"}, "has label 'zebra', which is not one of the classes: ant, bee, cat"),
+        ({"label": 2}, "has label number 2 for class 'bee', which is number 1"),
+    ],
+)
+def test_a_label_outside_the_class_list_stops_before_any_shard(
+    raw_folder: tuple[Path, set[str]], tmp_path: Path, change: dict, says: str
+) -> None:
+    """A caller that brings its own class list (run_preparation) cannot write shards whose labels it lacks."""
+    root, _ = raw_folder
+    items, classes = scan_source(root, val_fraction=0.0)
+    bee = next(index for index, item in enumerate(items) if item["class_name"] == "bee")
+    items[bee] = {**items[bee], **change}
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as caught:
+        run_preparation(
+            root, out, items, classes, kind="image", check=read_and_check_images, check_kwargs={}, options={},
+            shard_rows=10, seed=0, overwrite=False, num_cpus=1,
+        )  # fmt: skip
+    assert str(caught.value) == f"{items[bee]['path']} (in {root}) {says}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["raw"]  # no OUT, no temporary folder
+    with pytest.raises(ValueError, match="names 'ant' twice"):
+        check_labels(items[:1], ["ant", "bee", "ant"], root)
 
 
 def test_existing_manifest_is_refused_before_any_work(raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:

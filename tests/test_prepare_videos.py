@@ -12,6 +12,7 @@ import pytest
 
 from fovea.data import load_manifest, prepare_videos, scan_source
 from fovea.data.demo_video import render_demo_video, write_mp4
+from fovea.data.prepare import run_preparation
 from fovea.data.prepare_video import check_video, read_and_check_videos
 from fovea.data.video import BadVideo
 
@@ -133,6 +134,20 @@ def test_kinetics_style_list_with_segments(messy_folder, tmp_path):
     assert [(row["start_frame"], row["num_frames"]) for row in spin] == [(10, 15), (30, 10), (0, 0)]
     assert spin[2]["error"] == "segment starts at 5 s, after the video's end (4.00 s)"
     assert spin[0]["duration"] == pytest.approx(1.5)
+
+
+def test_a_label_outside_the_class_list_stops_before_any_shard(messy_folder, tmp_path):
+    items, classes = scan_source(messy_folder, segments=True)
+    items[-1] = {**items[-1], "class_name": "spin"}
+    with pytest.raises(ValueError) as caught:
+        run_preparation(
+            messy_folder, tmp_path / "out", items, classes, kind="video", check=read_and_check_videos,
+            check_kwargs={}, options={}, shard_rows=10, seed=0, overwrite=False, num_cpus=1,
+        )  # fmt: skip
+    assert str(caught.value) == (
+        f"{items[-1]['path']} (in {messy_folder}) has label 'spin', which is not one of the classes: grow, shrink"
+    )
+    assert list(tmp_path.iterdir()) == []  # no OUT, no temporary folder
 
 
 def test_prepare_rejects_bad_arguments_before_ray(messy_folder, tmp_path):

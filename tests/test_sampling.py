@@ -55,3 +55,11 @@ def test_segment_evaluation_views_interleave():
     assert segment_indices(40, num_frames=4).tolist() == [4, 14, 24, 34]  # one view: the middle frames
     with pytest.raises(ValueError, match="clip_index 2"):
         segment_indices(40, num_frames=4, clip_index=2, num_clips=2)
+
+
+def test_segment_boundaries_are_exact_integers():
+    # 122 frames in 14 segments: floating-point boundaries used to end segment 6 at frame 60 instead of 61
+    middle = segment_indices(122, num_frames=14)
+    bounds = [i * 122 // 14 for i in range(15)]
+    assert middle.tolist() == [(bounds[i] + bounds[i + 1] - 1) // 2 for i in range(14)]
+    assert middle[6] == 56  # the middle of [52, 61); the float boundaries made it [52, 60) and picked 55

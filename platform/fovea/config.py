@@ -19,11 +19,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Seeds reach numpy's default_rng (non-negative only) and RandomState (Optuna, Tune's random search: below 2**32).
+MAX_SEED = 2**32 - 1
+
 
 class _Section(BaseModel):
-    """Base for every config section: immutable, unknown keys rejected, defaults validated."""
+    """Base for every config section: immutable, unknown keys rejected, defaults validated, numbers finite (a NaN or
+    infinite rate, crop or timeout is never meant, and would only fail, or silently do nothing, inside a worker)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -116,11 +120,18 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
     accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
 
 class TrainConfig(_Section):
     name: str = Field("", description="run name; rerunning the same name resumes it ('' = model + timestamp)")
     epochs: int = Field(10, ge=1, description="training epochs")
-    seed: int = Field(0, description="random seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (0 to 2**32 - 1)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
     compile: bool | Literal["auto"] = Field("auto", description="torch.compile the model (auto = on GPU only)")
@@ -240,7 +251,9 @@ class TuneSection(_Section):
     max_concurrent_trials: int = Field(
         0, ge=0, description="trials at once (0 = as many as the cluster's CPUs/GPUs fit, see README)"
     )
-    seed: int | None = Field(None, description="seed of the search algorithm (None = tune.seed from train.seed)")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of the search algorithm (None = train.seed; 0 to 2**32 - 1)"
+    )
     register_best: bool = Field(
         True, description="register the best trial's model; track.promote decides whether it takes track.champion_alias"
     )
@@ -382,23 +395,30 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _field_names_at(loc: Sequence[str | int]) -> list[str]:
-    """The valid field names of the section at ``loc`` (for "did you mean" hints)."""
+def _section_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The config section (model class) at ``loc``, e.g. ``["optim"]``; None when ``loc`` names no section."""
     model: type[BaseModel] = Config
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
+            return None
         model = annotation
-    return list(model.model_fields)
+    return model
+
+
+def _field_names_at(loc: Sequence[str | int]) -> list[str]:
+    """The valid field names of the section at ``loc`` (for "did you mean" hints)."""
+    section = _section_at(loc)
+    return list(section.model_fields) if section else []
 
 
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
-        path = ".".join(loc) or "config"
+        # a YAML key can hold any text: one with a newline or tab is quoted, so the message stays on one line
+        path = ".".join(part if part.isprintable() else repr(part) for part in loc) or "config"
         if err["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(loc[-1], _field_names_at(loc[:-1]), n=1)
             suggestion = f" (did you mean {'.'.join(loc[:-1] + hint)}?)" if hint else ""
@@ -426,11 +446,18 @@ def build_config(layers: Sequence[dict[str, Any]]) -> Config:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=3e-4"`` to ``("optim.lr", 0.0003)``; values are read as YAML (``[1, 2]``, ``true``, ``null``)."""
+    """``"optim.lr=3e-4"`` to ``("optim.lr", 0.0003)``; values are read as YAML (``[1, 2]``, ``true``, ``null``),
+    except that a text field takes the text as it is: ``train.name=2024``, ``track.experiment=v2 #3`` and
+    ``data.path=~`` stay those strings instead of becoming a number, a date, a truncated comment or null."""
     path, sep, raw = text.partition("=")
     path = path.strip()
-    if not sep or not path or any(not part.isidentifier() for part in path.split(".")):
+    parts = path.split(".")
+    if not sep or not path or any(not part.isidentifier() for part in parts):
         raise ConfigError(f"{text!r}: overrides look like section.field=value, e.g. optim.lr=3e-4")
+    section = _section_at(parts[:-1])
+    field = section.model_fields.get(parts[-1]) if section else None
+    if field is not None and field.annotation is str:
+        return path, raw
     return path, _parse_value(raw)
 
 

@@ -534,7 +534,11 @@ def run_preparation(
     columns plus ``path``, ``class_name``, ``split``, ``error`` (``""`` for good rows) and optionally ``note``
     (kept rows worth listing in the manifest's ``notes``, e.g. short videos that are loop-padded). ``extra`` keys
     go into the manifest as they are.
+
+    Raises:
+        ValueError: an item's label is not one of ``classes`` (see :func:`check_labels`), before any work starts.
     """
+    check_labels(items, classes, src)
     source_root = Path(os.path.abspath(Path(src).expanduser()))
     if source_root.is_dir() and out.is_relative_to(source_root):
         raise ValueError(f"OUT must not be inside SRC (it would become a class folder): {out}")
@@ -573,6 +577,32 @@ def run_preparation(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def check_labels(items: Sequence[Mapping[str, Any]], classes: Sequence[str], src: str | Path) -> None:
+    """Check that every item's label names one of ``classes``, the class list the manifest will record.
+
+    :func:`scan_source` builds the class list from the labels themselves, so its items always pass; a caller of
+    :func:`run_preparation` that brings its own class list (a fixed label set, a subset of a bigger collection) gets
+    a one-line error here instead of shards whose labels the manifest cannot name.
+
+    Raises:
+        ValueError: naming the first offending label and the file (from ``src``) it belongs to.
+    """
+    index: dict[str, int] = {}
+    for position, name in enumerate(classes):
+        if name in index:
+            raise ValueError(f"the class list of {src} names {name!r} twice (positions {index[name]} and {position})")
+        index[name] = position
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    for item in items:
+        name, label = item["class_name"], item["label"]
+        if name not in index:
+            raise ValueError(f"{item['path']} (in {src}) has label {name!r}, which is not one of the classes: {shown}")
+        if label != index[name]:
+            raise ValueError(
+                f"{item['path']} (in {src}) has label number {label} for class {name!r}, which is number {index[name]}"
+            )
 
 
 def _write_shards(

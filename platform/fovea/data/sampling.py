@@ -66,13 +66,15 @@ def segment_indices(
         raise ValueError(f"clip_index {clip_index} is outside 0..{num_clips - 1}")
     if video_frames < num_frames:
         return np.arange(num_frames, dtype=np.int64) % video_frames
-    edges = np.linspace(0, video_frames, num_frames + 1)  # segment boundaries, (num_frames + 1,)
-    low, high = np.floor(edges[:-1]).astype(np.int64), np.floor(edges[1:]).astype(np.int64)
-    high = np.maximum(high, low + 1)  # every segment holds at least one frame
+    # segment i is frames [floor(i * F / N), floor((i + 1) * F / N)), in exact integer arithmetic (floats put some
+    # boundaries a frame early, e.g. 61 -> 60 for 122 frames in 14 segments); each holds at least one frame
+    edges = np.arange(num_frames + 1, dtype=np.int64) * video_frames // num_frames
+    low, high = edges[:-1], edges[1:]
     if rng is None:
         if num_clips == 1:
             return (low + high - 1) // 2
-        return low + np.floor((clip_index + 0.5) / num_clips * (high - low)).astype(np.int64)
+        # the frame at fraction (clip_index + 0.5) / num_clips of each segment
+        return low + (2 * clip_index + 1) * (high - low) // (2 * num_clips)
     return low + (rng.random(num_frames) * (high - low)).astype(np.int64)
 
 

@@ -174,13 +174,13 @@ def test_promote_then_download_through_the_console_script(tmp_path, capsys):
     assert load_model_dir(target)[1]["version"] == "2"  # the earlier download is left as it was
 
 
-def test_download_rebuilds_versions_registered_without_create_kwargs(store, tmp_path, capsys):
+def test_download_refuses_versions_without_a_pickle_free_copy(store, tmp_path, capsys):
+    # legacy-vit records no create_kwargs, so it has no weights.pt + fovea_model.json: only MLflow's pickle, which
+    # fovea never loads
     code, out, err = run_cli(capsys, "--tracking-uri", store.uri, "models", "download", "legacy-vit/1", str(tmp_path))
-    assert code == 0, err
-    model, info = load_model_dir(tmp_path)
-    assert info["create_kwargs"] == {"num_classes": 3, "img_size": 32} and info["version"] == "1"
-    with torch.no_grad():
-        assert model(_fixed_batch()).shape == (4, 3)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "models:/legacy-vit/1: version 1 has no pickle-free weights" in err and "never unpickles" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_models_list_show_and_versions(store, capsys):

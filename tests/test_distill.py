@@ -306,7 +306,12 @@ def test_teacher_from_a_real_mlflow_registry(tmp_path):
         registered_model_name="teacher",
         version_tags={"model_name": "vit_nano_patch4_16"},
         classes=CLASSES,
-        metadata={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        metadata={
+            "model_name": "vit_nano_patch4_16",
+            "create_kwargs": {"num_classes": 5},
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+        },
         alias="champion",
     )
     assert version == "1"

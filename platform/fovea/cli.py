@@ -372,9 +372,11 @@ def models_promote(args: argparse.Namespace) -> int:
 
 def _clear_download(directory: Path, force: bool) -> None:
     """Make room for a download in ``directory``: refuse to overwrite an earlier one unless ``force``."""
+    from fovea.checkpoints import CHECKSUM_SUFFIX
     from fovea.models.bundle import INFO_FILE, WEIGHTS_FILE
 
-    earlier = [directory / name for name in ("mlflow_model", WEIGHTS_FILE, INFO_FILE) if (directory / name).exists()]
+    names = ("mlflow_model", WEIGHTS_FILE, WEIGHTS_FILE + CHECKSUM_SUFFIX, INFO_FILE)
+    earlier = [directory / name for name in names if (directory / name).exists()]
     if earlier and not force:
         raise CommandError(f"{directory} already holds a downloaded model ({earlier[0].name}); --force replaces it")
     for path in earlier:
@@ -385,26 +387,11 @@ def bundle_info(info: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]
     """What ``fovea_model.json`` records: how to rebuild the model (``model_name``, ``create_kwargs``), its inputs
     (classes, mean, std, img_size, and for video the clip sampling) and where it came from in the registry.
 
-    Versions registered before fovea recorded ``create_kwargs`` get them rebuilt from the classes and input size.
+    ``info`` is what ``load_registered_model`` read from the version's pickle-free copy, which always records
+    ``model_name`` and ``create_kwargs``.
     """
-    tags = version["tags"]
-    model_name = info.get("model_name") or tags.get("model_name")
-    if not model_name:
-        raise CommandError(f"{version['name']} version {version['version']} records no model name: no weights copy")
-    classes = info.get("classes")
-    img_size = info.get("img_size") or (int(tags["img_size"]) if tags.get("img_size", "").isdigit() else None)
-    create_kwargs = info.get("create_kwargs")
-    if create_kwargs is None:
-        num_classes = len(classes) if classes else int(tags.get("num_classes", 0)) or None
-        if num_classes is None or img_size is None:
-            raise CommandError(
-                f"{version['name']} version {version['version']} records neither create_kwargs nor its classes and "
-                "image size: the architecture cannot be rebuilt"
-            )
-        create_kwargs = {"num_classes": num_classes, "img_size": img_size}
-        num_frames = info.get("num_frames") or tags.get("num_frames")
-        if num_frames:
-            create_kwargs["num_frames"] = int(num_frames)
+    model_name, create_kwargs, classes = info["model_name"], info["create_kwargs"], info.get("classes")
+    img_size = info.get("img_size") or create_kwargs.get("img_size")
     video = {key: info[key] for key in ("num_frames", "frame_interval", "sampling") if key in info}
     return {
         "model_name": model_name,
@@ -432,9 +419,11 @@ def models_download(args: argparse.Namespace) -> int:
     uri = store_uri(args)
     found = model_version(uri, name, version=version, alias=alias)  # the alias resolved once, here
     directory = Path(args.directory).expanduser().resolve()
+    # the version's pickle-free copy, verified and rebuilt (a version without one is refused here, before anything
+    # in DIR is touched); the pickled MLflow model is only copied, for MLflow's own tools, never loaded
+    module, info = load_registered_model(f"models:/{name}/{found['version']}", uri)
     _clear_download(directory, args.force)
     mlflow_dir = download_model_files(uri, name, found["version"], directory / "mlflow_model")
-    module, info = load_registered_model(f"models:/{name}/{found['version']}", uri)
     bundle = bundle_info(info, found)
     save_model_dir(directory, module, bundle)
     try:
@@ -451,8 +440,8 @@ def models_download(args: argparse.Namespace) -> int:
     print(
         render_pairs(
             [
-                ("mlflow_model/", "the registered MLflow model (mlflow.pytorch.load_model)"),
-                ("weights.pt", "state dict, loads with torch.load(weights_only=True)"),
+                ("mlflow_model/", "the registered MLflow model (pickled: mlflow.pytorch.load_model runs its code)"),
+                ("weights.pt", "state dict, loads with torch.load(weights_only=True); its sha256 beside it"),
                 (
                     "fovea_model.json",
                     f"{bundle['model_name']}({arguments}), "

@@ -145,7 +145,9 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
     max_failures: int = Field(0, ge=-1, description="worker failures Ray Train recovers from (-1 = unlimited)")
     storage_path: str = Field("", description="where checkpoints live ('' = $FOVEA_HOME/runs; shared on clusters)")
-    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept in storage (2 or more: a resume falls back on one that is corrupt)"
+    )
     torch_threads: int = Field(0, ge=0, description="intra-op threads per worker (0 = CPUs per worker)")
 
 

@@ -219,6 +219,7 @@ def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> L
     """
     import json
 
+    from fovea.checkpoints import load_verified
     from fovea.models import create_model
 
     path = Path(path).expanduser()
@@ -226,7 +227,7 @@ def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> L
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise ValueError(f"no such checkpoint file: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_verified(path)  # checksum checked when there is one; weights_only: never unpickles objects
     if not (isinstance(state, dict) and "config" in state and "model" in state):
         raise ValueError(
             f"{path} is not a fovea checkpoint; for a plain weights file set distill.teacher to the model name "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import re
 import socket
 import time
@@ -154,12 +153,10 @@ def load_checkpoint_model(path: Path, source: str) -> EvalModel:
     Raises:
         ValueError: the file is not a fovea checkpoint.
     """
+    from fovea.checkpoints import load_verified
     from fovea.models import create_model, is_video_model
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable, not a torch file, or objects weights_only refuses
-        raise ValueError(f"{path}: not a readable fovea checkpoint ({type(err).__name__})") from None
+    state = load_verified(path)  # a CheckpointError (ValueError): unreadable, corrupt, or needing unpickling
     if not (isinstance(state, dict) and {"model", "config", "classes"} <= set(state)):
         raise ValueError(f"{path}: not a fovea training checkpoint (needs model, config and classes)")
     config = json.loads(state["config"])
@@ -837,7 +834,7 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
     tracking_uri = resolve_tracking_uri(cfg.track.uri)
     try:
         model = load_eval_model(cfg.eval.model, tracking_uri)
-    except (ValueError, OSError, RuntimeError, KeyError, ImportError, pickle.UnpicklingError) as err:
+    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:
         # state-dict mismatches list every key on its own line: the first line says what is wrong
         raise ConfigError(f"eval.model: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}") from None
     cfg = configure_for_model(cfg, model)

@@ -1,5 +1,6 @@
-"""A model folder that needs neither MLflow nor pickle: ``weights.pt`` (a state dict) and ``fovea_model.json`` (how
-to rebuild the architecture, the classes and the input normalisation). ``fovea models download`` writes one."""
+"""A model folder that needs neither MLflow nor pickle: ``weights.pt`` (a state dict, with its checksum in
+``weights.pt.sha256``) and ``fovea_model.json`` (how to rebuild the architecture, the classes and the input
+normalisation). ``fovea models download`` writes one; every model version fovea registers carries one."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from fovea.checkpoints import CheckpointError, load_verified, save_verified
 from fovea.models.factory import create_model
 
 WEIGHTS_FILE = "weights.pt"
@@ -23,7 +24,8 @@ def save_model_dir(directory: str | Path, model: nn.Module, info: dict[str, Any]
         raise ValueError(f"model info lacks {', '.join(missing)}: the architecture could not be rebuilt")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({key: value.detach().cpu() for key, value in model.state_dict().items()}, directory / WEIGHTS_FILE)
+    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    save_verified(directory / WEIGHTS_FILE, weights, what="weights")  # atomic, with weights.pt.sha256
     (directory / INFO_FILE).write_text(json.dumps(info, indent=1, default=str))
     return directory
 
@@ -41,12 +43,21 @@ def load_model_dir(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: the folder lacks ``weights.pt`` or ``fovea_model.json``.
+        CheckpointError: (a ``ValueError``) unreadable or corrupt files, or weights that would need unpickling.
     """
     directory = Path(directory)
     if not is_model_dir(directory):
         raise FileNotFoundError(f"{directory}: not a fovea model folder (needs {WEIGHTS_FILE} and {INFO_FILE})")
-    info = json.loads((directory / INFO_FILE).read_text())
+    try:
+        info = json.loads((directory / INFO_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory / INFO_FILE}: unreadable ({err})") from None
+    missing = [key for key in ("model_name", "create_kwargs") if key not in info]
+    if missing:
+        raise CheckpointError(f"{directory / INFO_FILE}: lacks {', '.join(missing)}: the architecture is unknown")
+    state = load_verified(directory / WEIGHTS_FILE, what="weights")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: holds no state dict")
     model = create_model(info["model_name"], **info["create_kwargs"])
-    state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval(), info

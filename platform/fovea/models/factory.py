@@ -177,15 +177,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a weights file, never unpickling arbitrary objects.
 
     Accepts safetensors files, plain state dicts and checkpoints that nest one under ``model``,
-    ``state_dict`` or ``model_ema``; strips DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes.
+    ``state_dict`` or ``model_ema``; strips DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes. A file
+    with a ``.sha256`` checksum beside it (fovea's checkpoints and weights) is checked against it first.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) one line: unreadable, corrupt, or needing arbitrary unpickling.
     """
+    from fovea.checkpoints import load_verified, verify
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        verify(path)
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_verified(path, what="weights file")
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRAIN_NAME_TAG = "fovea.train_name"
 MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
+PLAIN_DIR = "extra_files"  # where a logged model keeps fovea's pickle-free copy (MLflow's name for extra files)
 
 
 def _client(uri: str) -> Any:
@@ -630,7 +631,10 @@ def log_final_model(
         description: the version's description.
         classes: class names, saved beside the model as ``classes.json`` and in the model's metadata.
         metadata: more facts for the MLmodel file (normalisation mean/std, img_size, model name), which
-            ``load_registered_model`` hands back with the module.
+            ``load_registered_model`` hands back with the module. With ``model_name`` and ``create_kwargs`` (how
+            ``fovea.models.create_model`` rebuilds the architecture) the version also carries a pickle-free copy,
+            ``extra_files/`` = ``weights.pt`` (+ ``.sha256``) and ``fovea_model.json``: the only form
+            ``load_registered_model`` reads.
         alias: a registry alias (e.g. ``champion``) to point at the new version.
 
     Returns:
@@ -647,8 +651,13 @@ def log_final_model(
     signature = infer_signature(input_example, output)
     # Explicit requirements: MLflow's inference would re-load the model in a subprocess to find them.
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    from fovea.models.bundle import save_model_dir
+
+    metadata = {**(metadata or {}), **({"classes": list(classes)} if classes is not None else {})}
     _use_store(uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
+        # the pickle-free copy (weights.pt + fovea_model.json) that fovea itself loads the version from
+        plain = save_model_dir(Path(tmp) / PLAIN_DIR, model, metadata) if _rebuildable(metadata) else None
         info = mlflow.pytorch.log_model(
             model,
             name="model",
@@ -656,17 +665,18 @@ def log_final_model(
             input_example=input_example,
             pip_requirements=requirements,
             # MLflow 3 defaults to torch.export ("pt2"), which fixes the batch size to the input example's and
-            # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module.
+            # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module. fovea
+            # never loads this pickle (see load_registered_model): it is there for MLflow's own tools.
             serialization_format="pickle",
-            metadata={**(metadata or {}), **({"classes": list(classes)} if classes is not None else {})},
+            metadata=metadata,
+            extra_files=sorted(str(path) for path in plain.iterdir()) if plain is not None else None,
             registered_model_name=registered_model_name,
             await_registration_for=60,
         )
         if classes is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "classes.json"
-                path.write_text(json.dumps(classes, indent=1))
-                mlflow.log_artifact(str(path), artifact_path="model_info")
+            path = Path(tmp) / "classes.json"
+            path.write_text(json.dumps(classes, indent=1))
+            mlflow.log_artifact(str(path), artifact_path="model_info")
     version = getattr(info, "registered_model_version", None)
     if registered_model_name and version is not None:
         client = _client(uri)
@@ -680,23 +690,34 @@ def log_final_model(
     return None
 
 
+def _rebuildable(metadata: dict[str, Any]) -> bool:
+    """Whether ``metadata`` says how to rebuild the architecture (what a pickle-free copy needs)."""
+    return bool(metadata.get("model_name")) and isinstance(metadata.get("create_kwargs"), dict)
+
+
 def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[str, Any]]:
     """A registered PyTorch model and what fovea recorded about it, from ``models:/NAME/VERSION`` or ``@ALIAS``.
 
+    Nothing is unpickled: the version's pickle-free copy that ``log_final_model`` adds (``extra_files/weights.pt``,
+    checked against its ``.sha256``, read with ``torch.load(weights_only=True)``, and ``fovea_model.json``, whose
+    ``model_name`` and ``create_kwargs`` rebuild the architecture) is loaded, never the pickled MLflow model. A
+    version without that copy (registered by other tools, or by fovea before it logged one) is refused.
+
     Returns:
         ``(module, info)``: the ``nn.Module`` on the CPU in eval mode, and ``info`` with ``version`` (the alias
-        resolved), ``run_id``, and when recorded ``classes``, ``mean``, ``std``, ``img_size``, ``model_name``.
-        Versions logged without metadata get their classes from the run's ``model_info/classes.json``.
+        resolved), ``run_id``, and what was recorded: ``model_name``, ``create_kwargs``, ``classes``, ``mean``,
+        ``std``, ``img_size`` and for video the clip sampling. Classes not recorded with the version come from the
+        run's ``model_info/classes.json`` when it has one.
 
     Raises:
-        ValueError: one line, for a name, version or alias the registry does not have, or a model that is not
-            a PyTorch module.
+        ValueError: one line, for a name, version or alias the registry does not have, a version with no
+            pickle-free copy, or a copy that does not verify or load.
     """
     import mlflow
-    import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
     from fovea.distill import parse_registry_uri
+    from fovea.models import is_model_dir, load_model_dir
 
     name, version, alias = parse_registry_uri(model_uri)
     client = _client(tracking_uri)
@@ -705,22 +726,31 @@ def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[
     except MlflowException as err:
         raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({_first_line(err)})") from None
     _use_store(tracking_uri)
-    versioned = f"models:/{name}/{found.version}"
-    try:
-        model_info = mlflow.models.get_model_info(versioned)
-        module = mlflow.pytorch.load_model(versioned, map_location="cpu")
-    except MlflowException as err:
-        raise ValueError(f"{model_uri}: could not load version {found.version} ({_first_line(err)})") from None
-    if not hasattr(module, "state_dict"):
-        raise ValueError(f"{model_uri}: version {found.version} is not a PyTorch module")
-    info: dict[str, Any] = {"version": str(found.version), "run_id": found.run_id, **(model_info.metadata or {})}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    plain_uri = f"models:/{name}/{found.version}/{PLAIN_DIR}"
+    with tempfile.TemporaryDirectory(prefix="fovea-model-") as tmp:
+        try:
+            folder = mlflow.artifacts.download_artifacts(artifact_uri=plain_uri, dst_path=tmp)
+        except (MlflowException, OSError):
+            folder = None
+        if folder is None or not is_model_dir(folder):
+            raise ValueError(
+                f"{model_uri}: version {found.version} has no pickle-free weights ({PLAIN_DIR}/weights.pt and "
+                "fovea_model.json, which fovea logs with every version it registers); fovea never unpickles a "
+                "registered MLflow model, so it cannot load this one"
+            )
+        try:
+            module, recorded = load_model_dir(folder)
+        except (ValueError, RuntimeError, TypeError, KeyError) as err:  # corrupt copy, or weights that do not fit
+            raise ValueError(f"{model_uri}: {_first_line(err).replace(str(folder), plain_uri)}") from None
+    info: dict[str, Any] = {**recorded, "version": str(found.version), "run_id": found.run_id}
     if "classes" not in info and found.run_id:
         try:
             path = client.download_artifacts(found.run_id, "model_info/classes.json")
             info["classes"] = json.loads(Path(path).read_text())
         except (MlflowException, OSError, ValueError):
-            pass  # a model registered by other tools: its classes are unknown, only their count can be checked
-    return module.eval(), info
+            pass  # its classes are unknown, only their count can be checked
+    return module, info
 
 
 def _first_line(err: BaseException) -> str:

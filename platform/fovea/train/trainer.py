@@ -15,6 +15,23 @@ from fovea.config import Config, ConfigError
 from fovea.paths import fovea_home
 
 
+class RunFailure(RuntimeError):
+    """A run stopped for a reason a user can act on, already phrased in one line (a checkpoint that could not be
+    written or read on a worker)."""
+
+
+def checkpoint_failure(err: BaseException) -> str | None:
+    """The one-line checkpoint problem behind a failed ``trainer.fit()`` (Ray Train's ``WorkerGroupError`` carries
+    each worker's exception, wrapped with its traceback), or None when checkpoints were not the problem."""
+    from fovea.checkpoints import CheckpointError, CheckpointWriteError
+
+    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        original = getattr(failure, "_base_exc", failure)  # Ray's UserExceptionWithTraceback wraps it
+        if isinstance(original, CheckpointError | CheckpointWriteError):
+            return f"worker {rank}: {original}"
+    return None
+
+
 @dataclass
 class TrainSummary:
     """What a finished run produced."""
@@ -318,8 +335,9 @@ def build_torch_trainer(
 
 
 def read_state(checkpoint: Any) -> dict[str, Any]:
-    """The training state saved in a ``ray.train.Checkpoint`` (or a checkpoint folder's path)."""
-    from fovea.train.worker import load_checkpoint
+    """The training state saved in a ``ray.train.Checkpoint`` (or a checkpoint folder's path), verified against its
+    checksum (``fovea.checkpoints.CheckpointError`` when it does not verify)."""
+    from fovea.checkpoints import load_checkpoint
 
     if isinstance(checkpoint, str | Path):
         return load_checkpoint(checkpoint)
@@ -386,7 +404,13 @@ def run_training(cfg: Config) -> TrainSummary:
         teacher_ref=teacher_ref,
         teacher_source=teacher_source,
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray Train's TrainingFailedError; a full disk or a corrupt checkpoint gets one line
+        problem = checkpoint_failure(err)
+        if problem is None:
+            raise
+        raise RunFailure(f"run {run_name} stopped: {problem}") from None
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name} finished without a checkpoint")
     state = read_state(result.checkpoint)
@@ -610,7 +634,8 @@ def run_command(
     """Any job's command line: parse, ``check(cfg)`` before Ray, ``run(cfg)``, print ``describe()`` of its result.
 
     Returns:
-        0 on success, 130 for a result that says it was ``interrupted``, 2 for a configuration problem (one line).
+        0 on success, 130 for a result that says it was ``interrupted``, 2 for a configuration problem, 1 for a
+        ``RunFailure`` (each reported in one line).
     """
     from fovea.config import parse_job_args
 
@@ -630,5 +655,8 @@ def run_command(
     except ConfigError as err:  # problems found once the dataset or the teacher is at hand
         print(f"{job}: config error: {err}", file=sys.stderr)
         return 2
+    except RunFailure as err:
+        print(f"{job}: {err}", file=sys.stderr)
+        return 1
     print("\n" + result.describe(), flush=True)
     return 130 if getattr(result, "interrupted", False) else 0

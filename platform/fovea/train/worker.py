@@ -13,6 +13,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from fovea.checkpoints import load_run_checkpoint, save_checkpoint
 from fovea.config import Config
 from fovea.data.device_decode import decode_batch
 from fovea.distill import DistillationLoss, Teacher, use_distillation_token
@@ -35,9 +36,8 @@ from fovea.train.loop import (
     train_one_epoch,
     unwrap,
 )
-from fovea.train.trainer import model_input_args
+from fovea.train.trainer import checkpoint_location, model_input_args
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CURVES_EVERY_S = 300.0  # rank 0 redraws training_curves.png at most this often (MLflow's UI charts metrics live)
 
 
@@ -49,16 +49,21 @@ def _sum_across_workers(values: list[float], device: torch.device) -> list[float
     return tensor.tolist()
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    """Write the training state as one ``torch.save`` file of tensors and plain values (``weights_only``-loadable)."""
-    path = directory / CHECKPOINT_FILE
-    torch.save(state, path)
-    return path
+def restore_state(checkpoint: ray.train.Checkpoint, *, fallback: bool, verbose: bool) -> dict[str, Any]:
+    """The training state in ``checkpoint``, verified against its checksum.
 
+    With ``fallback`` (the run's own checkpoint, as Ray hands it on resume) a checkpoint that does not verify gives
+    way to the newest earlier checkpoint of the run that does, with a one-line warning (printed when ``verbose``).
 
-def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` without unpickling arbitrary objects."""
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    Raises:
+        CheckpointError: no checkpoint to resume from verifies (one line naming them).
+    """
+    location = checkpoint_location(checkpoint)
+    scheme = location[: len(location) - len(checkpoint.path)] if location.endswith(checkpoint.path) else ""
+    state, _, warning = load_run_checkpoint(checkpoint.path, checkpoint.filesystem, scheme=scheme, fallback=fallback)
+    if warning and verbose:
+        print(warning, flush=True)
+    return state
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -124,11 +129,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     start_epoch, global_step, history, run_id = 0, 0, [], None  # run_id: the MLflow run the checkpoint logged to
     checkpoint = ray.train.get_checkpoint()
+    own_checkpoint = checkpoint is not None
     if checkpoint is None and loop_config.get("initial_checkpoint"):  # this run's own checkpoints come first
         checkpoint = ray.train.Checkpoint.from_directory(loop_config["initial_checkpoint"])
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory)
+        state = restore_state(checkpoint, fallback=own_checkpoint, verbose=rank == 0)
         model.load_state_dict(state["model"])
         fresh_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])

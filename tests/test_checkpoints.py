@@ -1,0 +1,387 @@
+"""Checkpoint and weights files: atomic writes with a checksum, corrupt files refused, a run's corrupt latest
+checkpoint giving way to the previous one, a full disk, and pickled objects refused wherever a model is loaded (real
+files, a real MLflow registry; no Ray)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fovea import checkpoints
+from fovea.checkpoints import (
+    CheckpointError,
+    CheckpointWriteError,
+    load_checkpoint,
+    load_run_checkpoint,
+    save_checkpoint,
+)
+
+CLASSES = ["red", "green", "blue"]
+MODEL = "vit_nano_patch4_16"
+
+
+def _state(epoch: int) -> dict:
+    return {"model": {"weight": torch.full((8,), float(epoch))}, "epoch": epoch, "history": "[]"}
+
+
+def _flip_byte(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    offset = len(data) // 2 if offset is None else offset
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _truncate_without_checksum(path: Path) -> None:
+    (path.parent / (path.name + ".sha256")).unlink()
+    _truncate(path)
+
+
+def _one_line(err: BaseException) -> str:
+    message = str(err)
+    assert message and "\n" not in message, message
+    return message
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The format: checkpoint.pt + checkpoint.pt.sha256, verified on load
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_is_its_file_and_a_sha256sum_checksum(tmp_path):
+    path = save_checkpoint(tmp_path, _state(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]  # no temp files
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (tmp_path / "checkpoint.pt.sha256").read_text() == f"{digest}  checkpoint.pt\n"
+    if shutil.which("sha256sum"):  # the standard tool checks it too
+        checked = subprocess.run(["sha256sum", "-c", "checkpoint.pt.sha256"], cwd=tmp_path, capture_output=True)
+        assert checked.returncode == 0, checked.stdout
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 3 and torch.equal(state["model"]["weight"], torch.full((8,), 3.0))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda folder: _flip_byte(folder / "checkpoint.pt"), "checksum mismatch"),
+        (lambda folder: _truncate(folder / "checkpoint.pt"), "checksum mismatch"),
+        (lambda folder: (folder / "checkpoint.pt.sha256").write_text("not a digest\n"), "not a SHA-256 checksum"),
+        (lambda folder: (folder / "checkpoint.pt").unlink(), "no such file"),
+        # a checkpoint without a checksum (another tool's, an older fovea's) is still read, and a broken one refused
+        (lambda folder: _truncate_without_checksum(folder / "checkpoint.pt"), "unreadable checkpoint"),
+    ],
+    ids=["flipped-byte", "truncated", "bad-checksum-file", "missing", "truncated-without-checksum"],
+)
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, damage, expected):
+    save_checkpoint(tmp_path, _state(1))
+    damage(tmp_path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(tmp_path)
+    message = _one_line(caught.value)
+    assert expected in message and str(tmp_path / "checkpoint.pt") in message, message
+
+
+def test_a_checkpoint_without_checksum_still_loads(tmp_path):
+    torch.save(_state(2), tmp_path / "checkpoint.pt")  # as fovea wrote them before checksums
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resume: a run's corrupt latest checkpoint falls back to the newest earlier one that verifies
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _run_folder(root: Path, epochs: int = 3) -> list[Path]:
+    """A run's storage as Ray Train V2 lays it out: ``checkpoint_<timestamp>`` folders and its own files."""
+    run = root / "run"
+    folders = []
+    for epoch in range(1, epochs + 1):
+        folder = run / f"checkpoint_2026-11-26_10-00-{epoch:02d}.123456"
+        folder.mkdir(parents=True)
+        save_checkpoint(folder, _state(epoch))
+        folders.append(folder)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    (run / "checkpoint_tmp_file").write_text("not a folder")
+    return folders
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    first, second, latest = _run_folder(tmp_path)
+    state, used, warning = load_run_checkpoint(str(latest))
+    assert (state["epoch"], used, warning) == (3, str(latest), None)  # a good one: no fallback, no warning
+
+    _flip_byte(latest / "checkpoint.pt")
+    # a newer folder Ray never recorded (an upload cut off by a crash) is not taken, even if it reads
+    unrecorded = latest.parent / "checkpoint_2026-11-26_10-00-59.000000"
+    unrecorded.mkdir()
+    save_checkpoint(unrecorded, _state(99))
+    state, used, warning = load_run_checkpoint(str(latest))
+    assert state["epoch"] == 2 and used == str(second)
+    assert torch.equal(state["model"]["weight"], torch.full((8,), 2.0))
+    assert _one_line(warning).startswith(f"warning: {latest / 'checkpoint.pt'}: checksum mismatch")
+    assert warning.endswith(f"resuming from the newest earlier checkpoint that verifies, {second}")
+
+    _truncate(second / "checkpoint.pt")
+    state, used, warning = load_run_checkpoint(str(latest))
+    assert state["epoch"] == 1 and used == str(first) and str(latest) in warning
+
+    _flip_byte(first / "checkpoint.pt", offset=0)
+    with pytest.raises(CheckpointError) as caught:
+        load_run_checkpoint(str(latest))
+    message = _one_line(caught.value)
+    assert all(str(folder / "checkpoint.pt") in message for folder in (first, second, latest)), message
+    assert "no earlier one verifies either" in message
+
+
+def test_no_fallback_for_a_checkpoint_that_is_not_the_runs_own(tmp_path):
+    _, _, latest = _run_folder(tmp_path)
+    _flip_byte(latest / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="checksum mismatch") as caught:
+        load_run_checkpoint(str(latest), fallback=False)
+    assert "earlier" not in str(caught.value)
+    lone = tmp_path / "other" / "checkpoint_2026-11-26_09-00-00.000000"
+    lone.mkdir(parents=True)
+    save_checkpoint(lone, _state(1))
+    _truncate(lone / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="the run has no earlier one"):
+        load_run_checkpoint(str(lone))
+
+
+def test_fallback_in_a_remote_filesystem_names_the_remote_files(tmp_path):
+    """Storage reached through a pyarrow filesystem (as S3 is): checkpoints are copied to a scratch folder to load,
+    and messages name them where they live."""
+    _, second, latest = _run_folder(tmp_path)
+    _truncate(latest / "checkpoint.pt")
+    remote = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+    path = f"run/{latest.name}"
+    state, used, warning = load_run_checkpoint(path, remote, scheme="s3://bucket/")
+    assert state["epoch"] == 2 and used == f"run/{second.name}"
+    assert _one_line(warning).startswith(f"warning: s3://bucket/{path}/checkpoint.pt: checksum mismatch")
+    assert warning.endswith(f"verifies, s3://bucket/run/{second.name}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A failed write: one line, and the previous checkpoint stays whole
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _save_half_then_fill_the_disk(real_save):
+    def save(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return save
+
+
+def _open_writes_to_dev_full(real_open):
+    """The temporary checkpoint file opens on /dev/full: the kernel's own ENOSPC, through torch's writer."""
+
+    def open_(file, mode="r", *args, **kwargs):
+        if "w" in mode and Path(file).name.startswith(".checkpoint.pt."):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    return open_
+
+
+@pytest.mark.parametrize("failure", ["torch.save raises", "/dev/full"])
+def test_a_failed_write_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    save_checkpoint(tmp_path, _state(1))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    if failure == "/dev/full":
+        if not Path("/dev/full").exists():
+            pytest.skip("no /dev/full here")
+        monkeypatch.setattr(checkpoints, "open", _open_writes_to_dev_full(open), raising=False)
+    else:
+        monkeypatch.setattr(torch, "save", _save_half_then_fill_the_disk(torch.save))
+    with pytest.raises(CheckpointWriteError) as caught:
+        save_checkpoint(tmp_path, _state(2))
+    path = tmp_path / "checkpoint.pt"
+    assert _one_line(caught.value) == f"could not write checkpoint {path}: No space left on device"
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing half-written, no temp
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_a_checkpoint_failure_on_a_worker_ends_the_job_in_one_line(capsys):
+    """What Ray Train hands the driver when a worker's checkpoint write fails (pickled across, as from a worker)
+    becomes the job's one-line error, exit code 1."""
+    import pickle
+
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    from fovea.train.trainer import RunFailure, checkpoint_failure, run_command
+
+    full = CheckpointWriteError("could not write checkpoint /tmp/t/checkpoint.pt: No space left on device")
+    failures = {
+        1: UserExceptionWithTraceback(RuntimeError("other"), "Traceback ..."),
+        0: UserExceptionWithTraceback(full, "Traceback ..."),
+    }
+    error = pickle.loads(pickle.dumps(WorkerGroupError("Traceback (most recent call last): ...", failures)))
+    assert checkpoint_failure(error) == f"worker 0: {full}"
+    assert (
+        checkpoint_failure(WorkerGroupError("x", {0: UserExceptionWithTraceback(RuntimeError("CUDA"), "tb")})) is None
+    )
+    assert checkpoint_failure(KeyboardInterrupt()) is None
+
+    def run(cfg):
+        raise RunFailure(f"run {cfg.run_name()} stopped: {checkpoint_failure(error)}")
+
+    configs = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "vit"
+    argv = ["--preset", "smoke", "train.name=full-disk"]
+    assert run_command("train_vit", configs, "", argv, check=lambda cfg: None, run=run) == 1
+    assert capsys.readouterr().err == f"train_vit: run full-disk stopped: worker 0: {full}\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pickled objects: refused wherever a model is loaded, and never run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _explode(marker: str) -> torch.nn.Module:
+    Path(marker).write_text("unpickled: arbitrary code ran")
+    return torch.nn.Linear(1, 1)
+
+
+class Bomb:
+    """Unpickling this calls ``_explode``, which writes a marker file: proof that the file's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (_explode, (self.marker,))
+
+
+def test_pickled_objects_are_refused_everywhere_a_file_is_loaded(tmp_path):
+    from fovea.distill import load_teacher
+    from fovea.evaluation import load_eval_model
+    from fovea.models import create_model, load_model_dir
+    from fovea.models.factory import read_state_dict
+
+    marker = tmp_path / "exploded"
+    run = tmp_path / "run" / "checkpoint_2026-11-26_10-00-01.000000"
+    run.mkdir(parents=True)
+    checkpoint = save_checkpoint(run, {"model": Bomb(marker), "config": "{}", "classes": CLASSES})  # a valid checksum
+    weights = tmp_path / "weights.pt"
+    torch.save({"patch_embed.proj.weight": Bomb(marker)}, weights)
+    folder = tmp_path / "model_folder"
+    folder.mkdir()
+    shutil.copy(weights, folder / "weights.pt")
+    (folder / "fovea_model.json").write_text(f'{{"model_name": "{MODEL}", "create_kwargs": {{"num_classes": 3}}}}')
+    attempts = {
+        "resume": lambda: load_run_checkpoint(str(run)),
+        "train.read_state": lambda: load_checkpoint(run),
+        "distill.teacher=checkpoint": lambda: load_teacher(str(checkpoint), num_classes=0, img_size=16),
+        "distill.teacher_checkpoint": lambda: load_teacher(MODEL, num_classes=3, img_size=16, checkpoint=str(weights)),
+        "eval.model=checkpoint": lambda: load_eval_model(str(checkpoint), "sqlite:///unused.db"),
+        "eval.model=folder": lambda: load_eval_model(str(folder), "sqlite:///unused.db"),
+        "model.checkpoint": lambda: create_model(MODEL, num_classes=3, checkpoint=str(weights)),
+        "weights file": lambda: read_state_dict(weights),
+        "model folder": lambda: load_model_dir(folder),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(CheckpointError) as caught:
+            attempt()
+        message = _one_line(caught.value)
+        assert "refused" in message and "never unpickles" in message and "_explode" in message, (name, message)
+        assert not marker.exists(), f"{name} ran the file's code"
+    torch.load(weights, weights_only=False)  # the bomb is armed: plain unpickling runs it
+    assert marker.exists()
+
+
+def test_registered_models_load_from_their_pickle_free_copy_never_the_pickle(tmp_path, capsys):
+    """Versions fovea registers carry weights.pt + fovea_model.json; teacher, evaluation and download read those.
+    Each version's pickled MLflow model is replaced by a bomb here: loading it would leave the marker."""
+    import mlflow.pytorch
+
+    from fovea.cli import main
+    from fovea.distill import load_teacher
+    from fovea.evaluation import load_eval_model
+    from fovea.models import create_model, load_model_dir
+    from fovea.track import log_final_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("trap", artifact_location=(tmp_path / "artifacts").as_uri())
+    torch.manual_seed(0)
+    model = create_model(MODEL, num_classes=3, img_size=16).eval()
+    example = np.zeros((1, 3, 16, 16), dtype=np.float32)
+    metadata = {"model_name": MODEL, "mean": [0.5] * 3, "std": [0.5] * 3}
+    for create_kwargs in ({"num_classes": 3, "img_size": 16}, None):  # version 2: no create_kwargs, no plain copy
+        log_final_model(
+            uri,
+            client.create_run(experiment).info.run_id,
+            model,
+            input_example=example,
+            registered_model_name="trap",
+            version_tags={},
+            classes=CLASSES,
+            metadata={**metadata, "create_kwargs": create_kwargs} if create_kwargs else metadata,
+        )
+    marker = tmp_path / "exploded"
+    stored = {}
+    for version in ("1", "2"):
+        stored[version] = Path(client.get_model_version_download_uri("trap", version).removeprefix("file://"))
+        torch.save(Bomb(marker), stored[version] / "data" / "model.pth")
+    assert sorted(p.name for p in (stored["1"] / "extra_files").iterdir()) == [
+        "fovea_model.json",
+        "weights.pt",
+        "weights.pt.sha256",
+    ]
+    assert not (stored["2"] / "extra_files").exists()
+
+    probe = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(probe)
+        teacher = load_teacher("models:/trap/1", num_classes=0, img_size=16, tracking_uri=uri)
+        assert teacher.classes == CLASSES and teacher.mean == (0.5, 0.5, 0.5)
+        assert torch.allclose(teacher.model(probe), expected)
+        evaluated = load_eval_model("models:/trap/1", uri)
+        assert evaluated.classes == CLASSES and torch.allclose(evaluated.module(probe), expected)
+        assert main(["--tracking-uri", uri, "models", "download", "trap/1", str(tmp_path / "dl")]) == 0
+        assert torch.allclose(load_model_dir(tmp_path / "dl")[0](probe), expected)
+    assert not marker.exists()
+
+    capsys.readouterr()
+    refusals = {
+        "distill.teacher": lambda: load_teacher("models:/trap/2", num_classes=0, img_size=16, tracking_uri=uri),
+        "eval.model": lambda: load_eval_model("models:/trap/2", uri),
+    }
+    for name, attempt in refusals.items():
+        with pytest.raises(ValueError) as caught:
+            attempt()
+        message = _one_line(caught.value)
+        assert "models:/trap/2: version 2 has no pickle-free weights" in message, (name, message)
+        assert "never unpickles" in message, (name, message)
+    assert main(["--tracking-uri", uri, "models", "download", "trap/2", str(tmp_path / "dl2")]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "has no pickle-free weights" in error
+    assert not (tmp_path / "dl2").exists() and not marker.exists()
+
+    _flip_byte(stored["1"] / "extra_files" / "weights.pt")  # a damaged copy is refused, naming it in the registry
+    with pytest.raises(ValueError) as caught:
+        load_teacher("models:/trap/1", num_classes=0, img_size=16, tracking_uri=uri)
+    damaged = "models:/trap/1: models:/trap/1/extra_files/weights.pt: checksum mismatch"
+    assert _one_line(caught.value).startswith(damaged)
+    assert not marker.exists()
+
+    mlflow.pytorch.load_model("models:/trap/1")  # the bomb is armed: MLflow's own loader unpickles it
+    assert marker.exists()

@@ -87,7 +87,9 @@ def test_other_formats_are_reencoded_and_broken_rows_skipped():
     messages: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger("fovea.data.device_decode").addHandler(handler)
+    logger = logging.getLogger("fovea.data.device_decode")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.WARNING  # whatever other tests did to logging
     png = _encode(_smooth_image(40, 40, 0), "PNG")
     cmyk = _encode(_smooth_image(40, 40, 1).convert("CMYK"), "JPEG")
     rotated_image = _smooth_image(30, 50, 2)
@@ -103,7 +105,8 @@ def test_other_formats_are_reencoded_and_broken_rows_skipped():
     assert plan["box"][2].tolist() == [11, 1, 27, 27]
     out = decode_batch(plan, img_size=16, device=CPU)
     assert out["image"].shape == (4, 3, 16, 16)
-    logging.getLogger("fovea.data.device_decode").removeHandler(handler)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
     assert any("3 images in this batch were not plain JPEGs" in m for m in messages)
     assert any("does not decode" in m for m in messages)
 

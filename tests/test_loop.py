@@ -11,7 +11,10 @@ from torch import nn
 from fovea.config import DataConfig, OptimConfig
 from fovea.models import create_model
 from fovea.train.loop import (
+    NanAtSteps,
+    NonFiniteSteps,
     Normalize,
+    TrainingSnapshot,
     build_criterion,
     build_mixup,
     build_optimizer,
@@ -235,3 +238,76 @@ def test_move_schedule_sets_the_position_and_the_learning_rate():
     scheduler.step()  # and it goes on from there
     assert scheduler.last_epoch == 12
     assert optimizer.param_groups[0]["lr"] < 1e-6 + (1e-3 - 1e-6) * 0.5
+
+
+def _nan_epoch(patience: int, log_every: int, nan_steps: range, batches: int = 10):
+    model = create_model("vit_nano_patch4_16", num_classes=3)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3), fused=True)
+    criterion = NanAtSteps(nn.CrossEntropyLoss(), nan_steps)
+    return (
+        model,
+        optimizer,
+        criterion,
+        lambda: train_one_epoch(
+            model,
+            _batches(batches),
+            optimizer=optimizer,
+            scheduler=None,
+            criterion=criterion,
+            normalize=Normalize((0.5,) * 3, (0.5,) * 3),
+            device=CPU,
+            log_every=log_every,
+            patience=patience,
+        ),
+    )
+
+
+def test_a_run_of_non_finite_steps_raises_after_patience():
+    _, _, criterion, run = _nan_epoch(patience=4, log_every=1, nan_steps=range(3, 9))
+    with pytest.raises(NonFiniteSteps, match="4 steps in a row") as caught:
+        run()
+    assert (caught.value.step, caught.value.run) == (6, 4)
+    # checked only every log_every steps: seen at step 10, where the run (steps 3-8) has ended but was 6 long
+    _, _, criterion, run = _nan_epoch(patience=4, log_every=5, nan_steps=range(3, 9))
+    with pytest.raises(NonFiniteSteps) as caught:
+        run()
+    assert (caught.value.step, caught.value.run) == (10, 6)
+    assert criterion.fired == 6 and not criterion.pending  # each injected fault fires once
+    # shorter runs are only skipped and counted
+    _, _, _, run = _nan_epoch(patience=4, log_every=1, nan_steps=[2, 3, 4, 6, 7, 8])
+    stats = run()
+    assert stats.skipped_batches == 6 and stats.longest_skip_run == 3
+
+
+def test_snapshot_restore_returns_the_state_and_lowers_the_learning_rate():
+    torch.manual_seed(0)
+    model = create_model("vit_nano_patch4_16", num_classes=3)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3), fused=True)
+    scheduler = build_scheduler(optimizer, total_steps=40, warmup_steps=5)
+    criterion, norm = nn.CrossEntropyLoss(), Normalize((0.5,) * 3, (0.5,) * 3)
+
+    def epoch():
+        train_one_epoch(
+            model,
+            _batches(5),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            criterion=criterion,
+            normalize=norm,
+            device=CPU,
+        )
+
+    epoch()
+    snapshot = TrainingSnapshot()
+    snapshot.take(model=model, optimizer=optimizer, scheduler=scheduler, ema=None, epoch=1, step=5)
+    weights = model.head.weight.detach().clone()
+    lr_before = optimizer.param_groups[0]["lr"]
+    epoch()
+    assert not torch.equal(model.head.weight, weights) and scheduler.last_epoch == 10
+    assert snapshot.restore(model=model, optimizer=optimizer, scheduler=scheduler, ema=None, lr_factor=0.5) == (1, 5)
+    torch.testing.assert_close(model.head.weight, weights)
+    assert scheduler.last_epoch == 5 and scheduler.base_lrs == [pytest.approx(5e-4)] * len(scheduler.base_lrs)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_before * 0.5)
+    assert int(optimizer.state[model.head.weight]["step"]) == 5  # Adam's moments are the snapshot's too
+    epoch()  # and training goes on from there, on the lowered schedule
+    assert scheduler.last_epoch == 10 and optimizer.param_groups[0]["lr"] < lr_before * 0.5

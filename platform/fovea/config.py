@@ -149,6 +149,23 @@ class TrainConfig(_Section):
         2, ge=1, description="checkpoints kept in storage (2 or more: a resume falls back on one that is corrupt)"
     )
     torch_threads: int = Field(0, ge=0, description="intra-op threads per worker (0 = CPUs per worker)")
+    nonfinite_patience: int = Field(
+        20,
+        ge=0,
+        description="a step with a non-finite loss or gradient is skipped and counted; after this many in a row the "
+        "run rolls back or stops (train.nonfinite_action; 0 = only skip)",
+    )
+    nonfinite_action: Literal["rollback", "stop"] = Field(
+        "rollback",
+        description="rollback: return to the last good epoch's weights and optimizer state with the learning rate "
+        "times train.rollback_lr_factor; stop: fail the run with the reason",
+    )
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="learning-rate factor applied at each rollback")
+    max_rollbacks: int = Field(3, ge=0, description="rollbacks allowed before the run stops")
+    inject_nan_steps: list[int] = Field(
+        default_factory=list,
+        description="fault injection (for tests and drills): these global optimizer steps (1-based) get a NaN loss",
+    )
 
 
 class DistillConfig(_Section):

@@ -260,6 +260,95 @@ def prefetch_to_device(
         yield current
 
 
+class NonFiniteSteps(RuntimeError):
+    """``train.nonfinite_patience`` optimizer steps in a row had a non-finite loss or gradient."""
+
+    def __init__(self, step: int, run: int) -> None:
+        super().__init__(f"{run} steps in a row with a non-finite loss or gradient, up to step {step}")
+        self.step, self.run = step, run
+
+
+class NonFiniteTraining(RuntimeError):
+    """The run stopped on non-finite steps (``train.nonfinite_action=stop``, or rollbacks used up); one line."""
+
+
+class NanAtSteps(nn.Module):
+    """Fault injection: the wrapped loss becomes NaN at the given global optimizer steps (1-based; accumulation's
+    micro-batches share their step's number), once each, like a transient spike: a step trained again after a
+    rollback is clean. ``step`` is set by the training loop before each step."""
+
+    def __init__(self, criterion: nn.Module, steps: Iterable[int]) -> None:
+        super().__init__()
+        self.criterion, self.pending, self.step, self.fired = criterion, set(steps), 0, 0
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        loss = self.criterion(*args)
+        if self.step in self.pending:
+            return loss * float("nan")
+        return loss
+
+    def step_done(self) -> None:
+        """Called after each optimizer step: that step's fault, if any, has fired."""
+        if self.step in self.pending:
+            self.pending.discard(self.step)
+            self.fired += 1
+
+
+def _cpu_copy(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+class TrainingSnapshot:
+    """The last good training state (weights, optimizer moments, schedule, EMA) in host memory: what a rollback
+    after a run of non-finite steps returns to. Taken after every epoch that ended well."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def take(self, *, model: nn.Module, optimizer: Any, scheduler: LambdaLR, ema: Any, epoch: int, step: int) -> None:
+        self.state = {
+            "model": _cpu_copy(unwrap(model).state_dict()),
+            "optimizer": _cpu_copy(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "ema": _cpu_copy(ema.module.state_dict()) if ema is not None else None,
+            "epoch": epoch,
+            "step": step,
+        }
+
+    def restore(
+        self, *, model: nn.Module, optimizer: Any, scheduler: LambdaLR, ema: Any, lr_factor: float
+    ) -> tuple[int, int]:
+        """Load the snapshot and multiply the learning rates (the whole schedule) by ``lr_factor``.
+
+        Returns:
+            ``(epoch, global_step)`` of the snapshot: where training goes on.
+        """
+        if self.state is None:
+            raise RuntimeError("no training state to roll back to")
+        unwrap(model).load_state_dict(self.state["model"])
+        optimizer.load_state_dict(self.state["optimizer"])
+        scheduler.load_state_dict(self.state["scheduler"])
+        if ema is not None and self.state["ema"] is not None:
+            ema.module.load_state_dict(self.state["ema"])
+        scale_learning_rates(optimizer, scheduler, lr_factor)
+        return self.state["epoch"], self.state["step"]
+
+
+def scale_learning_rates(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, factor: float) -> None:
+    """Multiply the schedule's peak learning rates (and so every later one) by ``factor``, keeping its position."""
+    scheduler.base_lrs = [base * factor for base in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    move_schedule(optimizer, scheduler, scheduler.last_epoch)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -278,6 +367,7 @@ def train_one_epoch(
     log_every: int = 1,
     start_step: int = 0,
     teacher: nn.Module | None = None,
+    patience: int = 0,
 ) -> EpochStats:
     """One pass over ``batches``; returns the mean loss and throughput of this process.
 
@@ -304,6 +394,11 @@ def train_one_epoch(
         start_step: the global optimizer step count before this epoch.
         teacher: a frozen teacher; when given, ``criterion`` is called as ``criterion(outputs, targets,
             teacher(images))`` on the same (mixed) images the student sees.
+        patience: raise :class:`NonFiniteSteps` once this many steps in a row were skipped (0 = never). It is
+            checked every ``log_every`` steps and at the end, so it is seen at most ``log_every`` steps late.
+
+    Raises:
+        NonFiniteSteps: ``patience`` non-finite steps in a row.
     """
     model.train()
     dtype = autocast_dtype(precision, device)
@@ -316,6 +411,8 @@ def train_one_epoch(
     start = time.perf_counter()
     for group in _micro_batches(batches, accum_steps):
         optimizer.zero_grad(set_to_none=True)
+        if isinstance(criterion, NanAtSteps):
+            criterion.step = step + 1
         group_loss = zero
         for index, batch in enumerate(group):
             images = normalize(batch_inputs(batch).to(device, non_blocking=True))
@@ -339,6 +436,8 @@ def train_one_epoch(
         bad = ~(torch.isfinite(group_loss) & torch.isfinite(norm))  # a non-finite step would poison the weights
         if grad_clip > 0:
             nn.utils.clip_grads_with_norm_(model.parameters(), grad_clip, norm)
+        if isinstance(criterion, NanAtSteps):
+            criterion.step_done()
         if on_device:
             optimizer.found_inf = bad.float()  # the fused kernel leaves weights, moments and step count alone
             optimizer.step()
@@ -354,11 +453,17 @@ def train_one_epoch(
         skipped += bad.float()
         run = (run + 1) * bad.float()
         longest = torch.maximum(longest, run)
-        if on_step is not None and step % log_every == 0:
-            on_step(step, group_loss.item(), optimizer.param_groups[0]["lr"])
-    if on_device:
-        optimizer.found_inf = None
+        if step % log_every == 0 and (on_step is not None or patience):
+            step_loss, longest_run = torch.stack([group_loss, longest]).tolist()  # waits for the device
+            if patience and longest_run >= patience:
+                optimizer.found_inf = None
+                raise NonFiniteSteps(step, int(longest_run))
+            if on_step is not None:
+                on_step(step, step_loss, optimizer.param_groups[0]["lr"])
+    optimizer.found_inf = None
     loss_total, applied_steps, skipped_steps, longest_run = torch.stack([loss_sum, applied, skipped, longest]).tolist()
+    if patience and longest_run >= patience:
+        raise NonFiniteSteps(step, int(longest_run))
     return EpochStats(
         loss=loss_total / max(1.0, applied_steps),
         samples=samples,

@@ -17,17 +17,19 @@ from fovea.paths import fovea_home
 
 class RunFailure(RuntimeError):
     """A run stopped for a reason a user can act on, already phrased in one line (a checkpoint that could not be
-    written or read on a worker)."""
+    written or read on a worker, or training that kept producing non-finite losses)."""
 
 
 def checkpoint_failure(err: BaseException) -> str | None:
-    """The one-line checkpoint problem behind a failed ``trainer.fit()`` (Ray Train's ``WorkerGroupError`` carries
-    each worker's exception, wrapped with its traceback), or None when checkpoints were not the problem."""
+    """The one-line problem behind a failed ``trainer.fit()`` when it is one fovea explains (a checkpoint, or
+    non-finite training; Ray Train's ``WorkerGroupError`` carries each worker's exception, wrapped with its
+    traceback), or None."""
     from fovea.checkpoints import CheckpointError, CheckpointWriteError
+    from fovea.train.loop import NonFiniteTraining
 
     for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
         original = getattr(failure, "_base_exc", failure)  # Ray's UserExceptionWithTraceback wraps it
-        if isinstance(original, CheckpointError | CheckpointWriteError):
+        if isinstance(original, CheckpointError | CheckpointWriteError | NonFiniteTraining):
             return f"worker {rank}: {original}"
     return None
 

@@ -20,7 +20,11 @@ from fovea.distill import DistillationLoss, Teacher, use_distillation_token
 from fovea.models import create_model
 from fovea.train.loop import (
     FUSED_OPTIMIZERS,
+    NanAtSteps,
+    NonFiniteSteps,
+    NonFiniteTraining,
     Normalize,
+    TrainingSnapshot,
     build_criterion,
     build_mixup,
     build_optimizer,
@@ -33,6 +37,7 @@ from fovea.train.loop import (
     peak_memory_mb,
     prefetch_to_device,
     restore_hyperparameters,
+    scale_learning_rates,
     train_one_epoch,
     unwrap,
 )
@@ -128,6 +133,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
 
     start_epoch, global_step, history, run_id = 0, 0, [], None  # run_id: the MLflow run the checkpoint logged to
+    lr_scale, rollbacks = 1.0, 0  # after rollbacks (non-finite steps): the learning rate's factor, their count
     checkpoint = ray.train.get_checkpoint()
     own_checkpoint = checkpoint is not None
     if checkpoint is None and loop_config.get("initial_checkpoint"):  # this run's own checkpoints come first
@@ -140,6 +146,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         # A checkpoint from another trial (PBT's exploit) carries that trial's hyperparameters: keep this run's.
         restore_hyperparameters(optimizer, scheduler, fresh_groups)
+        if own_checkpoint and state.get("lr_scale", 1.0) != 1.0:  # rollbacks lowered this run's learning rate
+            lr_scale = state["lr_scale"]
+            scale_learning_rates(optimizer, scheduler, lr_scale)
         if ema is not None and state.get("ema") is not None:
             ema.module.load_state_dict(state["ema"])
         start_epoch, global_step = state["epoch"], state["global_step"]
@@ -195,6 +204,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # mixup's soft targets already carry the smoothing; either way it reaches the label term only
             label_smoothing=0.0 if mixup is not None else cfg.train.label_smoothing,
         )
+    if cfg.train.inject_nan_steps:  # fault injection: NaN losses at these steps
+        criterion = NanAtSteps(criterion, cfg.train.inject_nan_steps)
 
     def device_batches(shard: Any, *, batch_size: int, **options: Any) -> Any:
         """A shard's batches on this worker's device: uint8 tensors copied a batch ahead from pinned memory, or
@@ -234,32 +245,68 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     last_epoch = min(cfg.train.epochs, loop_config.get("stop_at_epoch") or cfg.train.epochs)
     curves_drawn = time.perf_counter()
     prefix = loop_config.get("progress_prefix", "")
+    snapshot = TrainingSnapshot()  # the state a rollback returns to
+    snapshot.take(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=start_epoch, step=global_step)
+    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, last_epoch):
+        while epoch < last_epoch:
             batches = device_batches(
                 train_shard,
                 batch_size=batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
             )
-            stats = train_one_epoch(
-                model,
-                batches,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                criterion=criterion,
-                normalize=normalize,
-                device=device,
-                precision=cfg.train.precision,
-                accum_steps=cfg.optim.accum_steps,
-                grad_clip=cfg.optim.grad_clip,
-                mixup=mixup,
-                ema=ema,
-                on_step=on_step,
-                log_every=log_every,
-                start_step=global_step,
-                teacher=teacher,
-            )
+            try:
+                stats = train_one_epoch(
+                    model,
+                    batches,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    criterion=criterion,
+                    normalize=normalize,
+                    device=device,
+                    precision=cfg.train.precision,
+                    accum_steps=cfg.optim.accum_steps,
+                    grad_clip=cfg.optim.grad_clip,
+                    mixup=mixup,
+                    ema=ema,
+                    on_step=on_step,
+                    log_every=log_every,
+                    start_step=global_step,
+                    teacher=teacher,
+                    patience=cfg.train.nonfinite_patience,
+                )
+            except NonFiniteSteps as fault:
+                rollbacks += 1
+                event = f"epoch {epoch + 1}: {fault}"
+                if tracker is not None:
+                    tracker.log_metrics({"nonfinite_run": fault.run, "nonfinite_events": rollbacks}, step=fault.step)
+                if cfg.train.nonfinite_action == "stop" or rollbacks > cfg.train.max_rollbacks:
+                    why = (
+                        "train.nonfinite_action=stop"
+                        if cfg.train.nonfinite_action == "stop"
+                        else (f"{cfg.train.max_rollbacks} rollbacks already (train.max_rollbacks)")
+                    )
+                    raise NonFiniteTraining(f"{event}; stopping: {why}") from None
+                epoch, global_step = snapshot.restore(
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    ema=ema,
+                    lr_factor=cfg.train.rollback_lr_factor,
+                )
+                lr_scale *= cfg.train.rollback_lr_factor
+                del history[epoch:]  # the epochs trained again
+                if tracker is not None:
+                    tracker.log_metrics({"rollbacks": rollbacks, "lr_scale": lr_scale}, step=global_step)
+                if rank == 0:
+                    print(
+                        f"{prefix}warning: {event}; rolled back to the end of epoch {epoch} with the learning rate x"
+                        f"{cfg.train.rollback_lr_factor:g} (now x{lr_scale:g} of the config's; rollback {rollbacks} of"
+                        f" at most {cfg.train.max_rollbacks})",
+                        flush=True,
+                    )
+                continue
             global_step += stats.steps
             val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
             applied = stats.steps - stats.skipped_batches
@@ -331,12 +378,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             "mlflow_run_id": run_id,
                             "classes": classes,
                             "config": json.dumps(cfg.model_dump(mode="json")),
+                            "lr_scale": lr_scale,
                         },
                     )
                     ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)
             if rank == 0:
                 print(prefix + format_progress(metrics, cfg.train.epochs), flush=True)
+            epoch += 1
+            snapshot.take(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=epoch, step=global_step)
     except BaseException:
         if tracker is not None:
             tracker.close("FAILED", timeout=min(30.0, cfg.track.flush_timeout_s))

@@ -43,10 +43,11 @@ def _sum_across_workers(values: list[float], device: torch.device) -> list[float
     return tensor.tolist()
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    """Write the training state as one ``torch.save`` file of tensors and plain values (``weights_only``-loadable)."""
+def save_checkpoint(directory: Path, state: dict[str, Any], cfg: Config) -> Path:
+    """Write the training state as one ``torch.save`` file of tensors and plain values (``weights_only``-loadable),
+    with the run's config as JSON under ``"config"``, secrets redacted (``Config.redacted``)."""
     path = directory / CHECKPOINT_FILE
-    torch.save(state, path)
+    torch.save({**state, "config": json.dumps(cfg.redacted())}, path)
     return path
 
 
@@ -63,7 +64,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     trial run), ``stop_at_epoch`` (return after that epoch), ``progress_prefix``, ``initial_checkpoint`` (a folder to
     start from when the run has no checkpoint of its own).
     """
-    cfg = Config.model_validate(loop_config["config"])
+    config = loop_config["config"]  # a config with secrets comes through the object store (see build_torch_trainer)
+    cfg = Config.model_validate(config if isinstance(config, dict) else ray.get(config))
     classes: list[str] = loop_config["classes"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -158,7 +160,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             backfill=history if run_id and run_id == checkpoint_run_id else (),
         )
         if checkpoint is None or loop_config.get("run_id"):
-            tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")
+            tracker.log_dict(cfg.redacted(), "config.yaml")
 
     log_every = cfg.track.log_every_steps
 
@@ -291,8 +293,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             "history": json.dumps(history),
                             "mlflow_run_id": run_id,
                             "classes": classes,
-                            "config": json.dumps(cfg.model_dump(mode="json")),
                         },
+                        cfg,
                     )
                     ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)

@@ -7,11 +7,15 @@
 #   cluster/local_cluster.sh kill-node NAME         # SIGKILL one worker node's raylet (e.g. worker-1): a lost node
 #   cluster/local_cluster.sh add-node [NAME]        # one more worker node (default worker-<next>): a node joining
 #   cluster/local_cluster.sh stop                   # everything, always (safe to run twice, or after a failure)
+#   cluster/local_cluster.sh token                  # make sure a Ray auth token exists (start does this first)
 #
 # Each node is a separate `ray start` with its own CPUs (HEAD_CPUS, WORKER_CPUS) and a custom resource
-# `node:<name>` (node:head, node:worker-1, ...), so work can be pinned to a node. Token auth stays on (Ray 2.60's
-# default for `ray start --head`; the token is in ~/.ray/auth_token, and clients need RAY_AUTH_MODE=token). The
-# dashboard and job server (http://127.0.0.1:8265), the GCS and the tracking server listen on 127.0.0.1 only.
+# `node:<name>` (node:head, node:worker-1, ...), so work can be pinned to a node. Token auth is on: every node starts
+# with RAY_AUTH_MODE=token, and the token is ~/.ray/auth_token (made here when missing, readable by its owner only);
+# clients set RAY_AUTH_MODE=token too. The dashboard and job server (http://127.0.0.1:8265) and the tracking server
+# listen on 127.0.0.1 only; Ray's other ports (the GCS on RAY_PORT, the Ray Client server on 10001, the raylets,
+# agents and workers) listen on this machine's network address: token auth guards the GCS and the job server, a
+# firewall should keep the rest private (SECURITY.md).
 # Settings (environment): RAY_PORT (6380), DASHBOARD_PORT (8265), HEAD_CPUS (1), WORKER_CPUS (1), MLFLOW_PORT (5000),
 # FOVEA_MLFLOW_DIR (see mlflow_server.sh).
 set -euo pipefail
@@ -25,6 +29,23 @@ export RAY_AUTH_MODE=token RAY_DISABLE_USAGE_STATS=1
 
 command -v ray >/dev/null || { echo "local_cluster.sh: ray not found (activate the venv first)" >&2; exit 1; }
 
+# Token auth needs the token before `ray start --head`: Ray 2.60 makes one for a local ray.init(), not for `ray start`
+# (which then fails, or starts without auth when RAY_AUTH_MODE is unset). The token itself is never printed.
+ensure_token() {
+    [ -n "${RAY_AUTH_TOKEN:-}" ] && return 0
+    ray get-auth-token --generate >/dev/null 2>&1 || { echo "local_cluster.sh: no Ray auth token could be made" >&2; exit 1; }
+    local file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+    if [ -f "$file" ]; then chmod 600 "$file"; fi
+}
+
+token_location() {
+    if [ -n "${RAY_AUTH_TOKEN:-}" ]; then
+        echo "Ray auth token: in \$RAY_AUTH_TOKEN"
+    else
+        echo "Ray auth token: ${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+    fi
+}
+
 start() {
     local workers=2
     while [ $# -gt 0 ]; do
@@ -37,6 +58,7 @@ start() {
         echo "a Ray cluster already runs at 127.0.0.1:$ray_port (cluster/local_cluster.sh stop first)" >&2
         exit 1
     fi
+    ensure_token
     # a failure half-way leaves nothing running
     trap 'echo "local_cluster.sh: start failed; stopping what was started" >&2; stop >/dev/null 2>&1' ERR
     # the nodes share one machine: health checks every second instead of every 3 s (a lost node is declared dead
@@ -108,5 +130,6 @@ case "${1:-}" in
     status) status ;;
     kill-node) kill_node "${2:-}" ;;
     add-node) add_node "${2:-}" ;;
-    *) echo "usage: $0 start [--workers N] | status | kill-node NAME | add-node [NAME] | stop" >&2; exit 2 ;;
+    token) ensure_token; token_location ;;
+    *) echo "usage: $0 start [--workers N] | status | kill-node NAME | add-node [NAME] | stop | token" >&2; exit 2 ;;
 esac

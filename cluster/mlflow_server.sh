@@ -21,6 +21,9 @@ host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 workers="${MLFLOW_WORKERS:-2}"
 backend="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$dir/mlflow.db}"
+# printed without its password (postgresql://mlflow:***@db...): the server gets it from its environment, not its
+# command line, which every user of the machine can read in `ps`
+shown_backend="$(printf '%s' "$backend" | sed -E 's#^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@#\1***@#')"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$dir/artifacts}"
 pidfile="$dir/server.pid"
 logfile="$dir/server.log"
@@ -46,7 +49,7 @@ start() {
         return 0
     fi
     command -v mlflow >/dev/null || { echo "mlflow_server.sh: mlflow not found (activate the venv first)" >&2; exit 1; }
-    mkdir -p "$dir" "$artifacts" 2>/dev/null || true
+    (umask 077 && mkdir -p "$dir" "$artifacts" 2>/dev/null) || true  # the store, its users and artifacts: owner only
     local auth=()
     if [ "${MLFLOW_AUTH:-}" = "basic" ]; then
         auth=(--app-name basic-auth)
@@ -81,14 +84,14 @@ INI
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
     # setsid: the server and its worker processes form one process group, which stop() ends together
     # shellcheck disable=SC2086
-    setsid mlflow server --backend-store-uri "$backend" --artifacts-destination "$artifacts" \
+    MLFLOW_BACKEND_STORE_URI="$backend" setsid mlflow server --artifacts-destination "$artifacts" \
         --host "$host" --port "$port" --workers "$workers" "${auth[@]}" ${MLFLOW_SERVER_ARGS:-} \
         >"$logfile" 2>&1 </dev/null &
     echo $! >"$pidfile"
     for _ in $(seq 1 120); do
         if healthy; then
             echo "mlflow server running (pid $(cat "$pidfile")) at $url"
-            echo "  backend $backend | artifacts $artifacts | log $logfile"
+            echo "  backend $shown_backend | artifacts $artifacts | log $logfile"
             echo "  export MLFLOW_TRACKING_URI=$url"
             return 0
         fi
@@ -124,7 +127,7 @@ stop() {
 
 status() {
     if running && healthy; then
-        echo "mlflow server running (pid $(cat "$pidfile")) at $url, backend $backend"
+        echo "mlflow server running (pid $(cat "$pidfile")) at $url, backend $shown_backend"
     elif running; then
         echo "mlflow server process $(cat "$pidfile") is up but $url/health does not answer"
         exit 1

@@ -3,7 +3,11 @@ require, agree with each other (image, Ray version, auth), and point at jobs and
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import ray
 import yaml
 
 from fovea.config import ConfigError, build_config, parse_override, set_path
+from fovea.secrets import is_secret_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -47,6 +52,8 @@ def test_launcher_configs_pass_rays_own_schema(cloud):
     head_start = " ".join(config["head_start_ray_commands"])
     assert "RAY_AUTH_MODE=token" in head_start and "--dashboard-host=127.0.0.1" in head_start
     assert "RAY_AUTH_MODE=token" in " ".join(config["worker_start_ray_commands"])
+    # `ray start` with RAY_AUTH_MODE=token needs the token on every node, the one the client has
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     assert f"startswith('{'.'.join(ray.__version__.split('.')[:2])}')" in " ".join(config["setup_commands"])
 
 
@@ -171,6 +178,89 @@ def test_job_upload_leaves_data_stores_and_checkpoints_behind(tmp_path):
     assert {"jobs/train_mvit.py", "platform/fovea/__init__.py", "jobs/configs/mvit/smoke.yaml"} <= packed
     assert not any(name.startswith((".git/", ".venv/")) for name in packed)
     assert (tmp_path / "repo.zip").stat().st_size < 5 * 2**20  # about 1 MB; Ray refuses packages of 512 MiB
+
+
+def test_no_recipe_puts_a_secret_in_the_runtime_env():
+    # a job's runtime env is shown in Ray's dashboard and `ray job list`: credentials go in the nodes' environment
+    runtime_envs = [yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())]
+    runtime_envs.append(yaml.safe_load(_documents(CLUSTER / "kuberay" / "rayjob.yaml")[0]["spec"]["runtimeEnvYAML"]))
+    names = [name for env in runtime_envs for name in env["env_vars"]]
+    assert "RAY_DEDUP_LOGS" in names and [name for name in names if is_secret_name(name)] == []
+
+
+def test_the_local_cluster_makes_a_private_token_and_never_prints_it(tmp_path):
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),  # no ~/.ray/auth_token yet: `ray start --head` with RAY_AUTH_MODE=token would fail
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    done = subprocess.run(["bash", str(CLUSTER / "local_cluster.sh"), "token"], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)  # fmt: skip
+    token_file = tmp_path / ".ray" / "auth_token"
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert done.stdout == f"Ray auth token: {token_file}\n" and token not in done.stderr
+    again = subprocess.run(["bash", str(CLUSTER / "local_cluster.sh"), "token"], env=env, capture_output=True,
+                           text=True, timeout=120, check=True)  # fmt: skip
+    assert token_file.read_text().strip() == token and token not in again.stdout + again.stderr  # kept as it was
+
+
+FAKE_MLFLOW = """#!/usr/bin/env python3
+# stands in for `mlflow server`: records how it was started, answers /health
+import http.server, json, os, sys
+args = sys.argv[1:]
+record = {"argv": args, "backend": os.environ.get("MLFLOW_BACKEND_STORE_URI")}
+with open(os.environ["FAKE_MLFLOW_RECORD"], "w") as out:
+    json.dump(record, out)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+http.server.HTTPServer((host, port), Health).serve_forever()
+"""
+
+
+def test_the_tracking_server_script_keeps_the_database_password_out_of_sight(tmp_path):
+    import json
+    import socket
+
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_MLFLOW)
+    fake.chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = "postgresql://mlflow:Db-pa55-77@db.internal:5432/mlflow"
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FOVEA_MLFLOW_DIR": str(tmp_path / "server"),
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_BACKEND_STORE_URI": backend,
+        "FAKE_MLFLOW_RECORD": str(tmp_path / "record.json"),
+    }
+    env.pop("MLFLOW_HOST", None)
+    script = str(CLUSTER / "mlflow_server.sh")
+    try:
+        started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(["bash", script, "status"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert "backend postgresql://***@db.internal:5432/mlflow" in started.stdout
+    assert "backend postgresql://***@db.internal:5432/mlflow" in status.stdout
+    assert "pa55" not in started.stdout + started.stderr + status.stdout + status.stderr
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["backend"] == backend  # the server gets it from its environment,
+    assert "pa55" not in " ".join(record["argv"])  # not on a command line `ps` shows to everyone
+    assert record["argv"][record["argv"].index("--host") + 1] == "127.0.0.1"  # loopback unless MLFLOW_HOST says
+    assert stat.S_IMODE((tmp_path / "server").stat().st_mode) == 0o700
 
 
 def test_a_bad_override_in_a_recipe_would_be_caught():

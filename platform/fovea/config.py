@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fovea.secrets import MARKER, find_uri_credentials, is_secret_name, redact
+
 # Seeds reach numpy's default_rng (non-negative only) and RandomState (Optuna, Tune's random search: below 2**32).
 MAX_SEED = 2**32 - 1
 
@@ -344,13 +346,27 @@ class Config(_Section):
     tune: TuneSection = TuneSection()
     eval: EvalSection = EvalSection()
 
+    @model_validator(mode="after")
+    def _no_credentials_in_uris(self) -> Config:
+        # MLflow and object-store credentials come from the environment: a URI that carries them would be logged,
+        # printed and shown in Ray's dashboard with the rest of the config
+        found = find_uri_credentials(self.model_dump(mode="json"))
+        if found:
+            raise ValueError(f"{found[0]}: {found[1]}")
+        return self
+
     def run_name(self) -> str:
         """The run's name: ``train.name`` or a fresh ``<model>-<timestamp>``."""
         return self.train.name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict for anything that leaves the process (MLflow, checkpoints, files): secrets (strings
+        under names such as ``model.kwargs.api_token``, see ``fovea.secrets``) replaced by ``***``."""
+        return redact(self.model_dump(mode="json"))
+
     def flat(self) -> dict[str, Any]:
-        """Every leaf as ``{"section.field": value}``, e.g. for MLflow params."""
-        return flatten(self.model_dump(mode="json"))
+        """Every leaf as ``{"section.field": value}``, secrets redacted: the MLflow params."""
+        return flatten(self.redacted())
 
     def recipe_hash(self) -> str:
         """A digest of what shapes the trained model: every field but where it is recorded and named (``track``,
@@ -437,14 +453,16 @@ def _format_errors(error: ValidationError) -> str:
     for err in error.errors():
         loc = [str(p) for p in err["loc"]]
         # a YAML key can hold any text: one with a newline or tab is quoted, so the message stays on one line
-        path = ".".join(part if part.isprintable() else repr(part) for part in loc) or "config"
-        if err["type"] == "extra_forbidden":
+        path = ".".join(part if part.isprintable() else repr(part) for part in loc)
+        message = err["msg"].removeprefix("Value error, ")
+        if not path:  # a check of the whole config: its message names the field
+            lines.append(message)
+        elif err["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(loc[-1], _field_names_at(loc[:-1]), n=1)
             suggestion = f" (did you mean {'.'.join(loc[:-1] + hint)}?)" if hint else ""
             lines.append(f"{path}: unknown key{suggestion}")
         else:
-            message = err["msg"].removeprefix("Value error, ")
-            given = err.get("input")
+            given = redact(err.get("input"), is_secret_name(path))
             lines.append(f"{path}: {message}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
     return "; ".join(lines)
 
@@ -472,7 +490,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     path = path.strip()
     parts = path.split(".")
     if not sep or not path or any(not part.isidentifier() for part in parts):
-        raise ConfigError(f"{text!r}: overrides look like section.field=value, e.g. optim.lr=3e-4")
+        shown = f"{path}={MARKER}" if sep else path  # the value is not repeated: it may be a secret
+        raise ConfigError(f"{shown!r}: overrides look like section.field=value, e.g. optim.lr=3e-4")
     section = _section_at(parts[:-1])
     field = section.model_fields.get(parts[-1]) if section else None
     if field is not None and field.annotation is str:

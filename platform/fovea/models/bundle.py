@@ -12,13 +12,15 @@ from torch import nn
 
 from fovea.checkpoints import CheckpointError, load_verified, save_verified
 from fovea.models.factory import create_model
+from fovea.secrets import redact
 
 WEIGHTS_FILE = "weights.pt"
 INFO_FILE = "fovea_model.json"
 
 
 def save_model_dir(directory: str | Path, model: nn.Module, info: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``info`` (must hold ``model_name`` and ``create_kwargs``) to ``directory``."""
+    """Write ``model``'s weights and ``info`` (must hold ``model_name`` and ``create_kwargs``) to ``directory``;
+    secrets in ``info`` (e.g. a constructor argument ``api_token``) are written as ``***``."""
     missing = [key for key in ("model_name", "create_kwargs") if key not in info]
     if missing:
         raise ValueError(f"model info lacks {', '.join(missing)}: the architecture could not be rebuilt")
@@ -26,7 +28,7 @@ def save_model_dir(directory: str | Path, model: nn.Module, info: dict[str, Any]
     directory.mkdir(parents=True, exist_ok=True)
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     save_verified(directory / WEIGHTS_FILE, weights, what="weights")  # atomic, with weights.pt.sha256
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=1, default=str))
+    (directory / INFO_FILE).write_text(json.dumps(redact(info), indent=1, default=str))
     return directory
 
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fovea.track.tracking import MAX_BATCH, _client, _first_line, ensure_experiment
+from fovea.secrets import redact
+from fovea.track.tracking import MAX_BATCH, _client, _first_line, ensure_experiment, param_batches
 
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 MAX_ANNOTATED_CLASSES = 30  # above this many classes the confusion plot's cells are too small for numbers
@@ -166,7 +167,7 @@ def log_evaluation(
     Returns:
         The run's id and what it was linked to.
     """
-    from mlflow.entities import LoggedModelInput, Metric, Param
+    from mlflow.entities import LoggedModelInput, Metric
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -184,9 +185,8 @@ def log_evaluation(
                 print(f"warning: could not read {registered_model} version {version} ({_first_line(err)})")
             if found is not None and link_version:
                 model_id = _version_model_id(client, found)
-        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-        for start in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[start : start + 100])
+        for batch in param_batches(params):
+            client.log_batch(run_id, params=batch)
         now = int(time.time() * 1000)
         on_model: dict[str, str] = {}
         if model_id is not None:
@@ -203,7 +203,7 @@ def log_evaluation(
             client.log_text(run_id, confusion_csv(scores.confusion, scores.classes), f"confusion_matrix{suffix}.csv")
             figure = plot_confusion_matrix(scores.confusion, scores.classes, title)
             client.log_figure(run_id, figure, f"confusion_matrix{suffix}.png")
-        client.log_dict(run_id, summary, "evaluation.json")
+        client.log_dict(run_id, redact(summary), "evaluation.json")
         linked = None
         if found is not None and link_version and registered_model:
             for key, value in {**(version_tags or {}), "last_eval_run_id": run_id}.items():

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fovea.track.tracking import _client, log_curves_from_run
+from fovea.secrets import redact
+from fovea.track.tracking import _client, log_curves_from_run, param_batches
 
 SWEEP_NAME_TAG = "fovea.sweep"
 TRIAL_ID_TAG = "fovea.trial_id"
@@ -52,7 +53,7 @@ def trial_run(
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
-        for key, value in params.items():  # PBT changes a trial's values: the latest are recorded as tags
+        for key, value in redact(params).items():  # PBT changes a trial's values: the latest are recorded as tags
             client.set_tag(run_id, f"fovea.current.{key}", str(value))
         return run_id
     run = client.create_run(
@@ -71,11 +72,8 @@ def trial_run(
 
 
 def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100])
+    for batch in param_batches(params):
+        client.log_batch(run_id, params=batch)
 
 
 def end_trial_run(

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fovea.secrets import redact, uri_credentials
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -36,6 +38,15 @@ def _client(uri: str) -> Any:
     return MlflowClient(uri, registry_uri=uri)
 
 
+def param_batches(params: dict[str, Any]) -> list[list[Any]]:
+    """``params`` as MLflow ``Param`` lists of at most 100 (``log_batch``'s limit), secrets redacted and each value
+    cut to MLflow's 6000 characters: every run's params go to the store through here."""
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:6000]) for key, value in redact(params).items()]
+    return [items[start : start + 100] for start in range(0, len(items), 100)]
+
+
 def _use_store(uri: str) -> None:
     """Point MLflow's fluent API (``log_model``, ``load_model``) at ``uri`` for tracking and registry alike."""
     import mlflow
@@ -49,8 +60,18 @@ def resolve_tracking_uri(uri: str = "") -> str:
 
     Relative SQLite and file paths are made absolute here, in the driver, because Ray workers run in other
     working directories.
+
+    Raises:
+        ConfigError: the URI carries credentials (``http://user:pass@host``); they belong in the environment
+            (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``).
     """
+    given = uri
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+    problem = uri_credentials(uri)
+    if problem:  # it would be printed, recorded and shown in Ray's dashboard
+        from fovea.config import ConfigError
+
+        raise ConfigError(f"{'tracking URI' if given else 'MLFLOW_TRACKING_URI'}: {problem}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     if uri.startswith("file:") and not uri.startswith("file:///"):
@@ -183,16 +204,12 @@ class RunLogger:
         """Create the run (with its params; retried while the store is unreachable, up to ``start_timeout_s``), or
         leave the reopening of the given one (RUNNING again, its tags) to the first send: an outage then (a resumed
         run, the store down) is waited out like any other."""
-        from mlflow.entities import Param
-
         timeout = self.start_timeout_s
         self.client = _client(self.uri)
         if self._run_id is None:
             run = _with_retries(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), timeout)
             self._run_id = run.info.run_id
-            items = [Param(key, str(value)[:6000]) for key, value in params.items()]
-            for start in range(0, len(items), 100):
-                batch = items[start : start + 100]
+            for batch in param_batches(params):
                 _with_retries(lambda b=batch: self.client.log_batch(self._run_id, params=b), timeout)
         else:
             self._reopen = dict(tags)
@@ -209,10 +226,10 @@ class RunLogger:
         self.blocking_s += time.perf_counter() - started
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        """Buffer a JSON/YAML artifact (a copy is taken now)."""
+        """Buffer a JSON/YAML artifact (a copy is taken now, secrets redacted)."""
         started = time.perf_counter()
         with self._cond:
-            self._artifacts[artifact_file] = ("dict", json.loads(json.dumps(data)))
+            self._artifacts[artifact_file] = ("dict", json.loads(json.dumps(redact(data))))
         self.blocking_s += time.perf_counter() - started
 
     def log_curves(self, history: Iterable[dict[str, float]], artifact_file: str = "training_curves.png") -> None:
@@ -668,7 +685,7 @@ def log_final_model(
             # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module. fovea
             # never loads this pickle (see load_registered_model): it is there for MLflow's own tools.
             serialization_format="pickle",
-            metadata=metadata,
+            metadata=redact(metadata),
             extra_files=sorted(str(path) for path in plain.iterdir()) if plain is not None else None,
             registered_model_name=registered_model_name,
             await_registration_for=60,

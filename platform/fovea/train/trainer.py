@@ -302,7 +302,7 @@ def build_torch_trainer(
     return TorchTrainer(
         train_worker,
         train_loop_config={
-            "config": cfg.model_dump(mode="json"),
+            "config": config_for_workers(cfg),
             "classes": manifest["classes"],
             "train_count": manifest["splits"]["train"]["count"],
             "tracking_uri": tracking_uri,
@@ -334,6 +334,18 @@ def build_torch_trainer(
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
     )
+
+
+def config_for_workers(cfg: Config) -> Any:
+    """The config as the workers receive it: a dict, or, when it holds secrets, a reference to that dict in Ray's
+    object store. Ray Train records a run's ``train_loop_config`` in its run state (the dashboard's Train page, when
+    ``RAY_TRAIN_ENABLE_STATE_TRACKING=1``), where a reference shows as its id."""
+    config = cfg.model_dump(mode="json")
+    if config == cfg.redacted():
+        return config
+    import ray
+
+    return ray.put(config)
 
 
 def read_state(checkpoint: Any) -> dict[str, Any]:
@@ -640,10 +652,12 @@ def run_command(
         ``RunFailure`` (each reported in one line).
     """
     from fovea.config import parse_job_args
+    from fovea.track import resolve_tracking_uri
 
     cfg = parse_job_args(job, configs_dir, argv, description=description)
     try:
         check(cfg)
+        resolve_tracking_uri(cfg.track.uri)  # refuses a $MLFLOW_TRACKING_URI that carries credentials, before Ray
     except ConfigError as err:
         print(f"{job}: config error: {err}", file=sys.stderr)
         return 2

@@ -79,7 +79,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     trial run), ``stop_at_epoch`` (return after that epoch), ``progress_prefix``, ``initial_checkpoint`` (a folder to
     start from when the run has no checkpoint of its own).
     """
-    cfg = Config.model_validate(loop_config["config"])
+    config = loop_config["config"]  # a config with secrets comes through the object store (see build_torch_trainer)
+    cfg = Config.model_validate(config if isinstance(config, dict) else ray.get(config))
     classes: list[str] = loop_config["classes"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -185,7 +186,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             backfill=history if run_id and run_id == checkpoint_run_id else (),
         )
         if checkpoint is None or loop_config.get("run_id"):
-            tracker.log_dict(cfg.model_dump(mode="json"), "config.yaml")
+            tracker.log_dict(cfg.redacted(), "config.yaml")
 
     log_every = cfg.track.log_every_steps
 
@@ -377,7 +378,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             "history": json.dumps(history),
                             "mlflow_run_id": run_id,
                             "classes": classes,
-                            "config": json.dumps(cfg.model_dump(mode="json")),
+                            "config": json.dumps(cfg.redacted()),  # secrets never reach a file
                             "lr_scale": lr_scale,
                         },
                     )

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fovea.config import Config, ConfigError, build_config, set_path
+from fovea.secrets import is_secret_name
 
 RANGE_KINDS = {"uniform": 2, "loguniform": 2, "randint": 2, "quniform": 3, "qloguniform": 3, "qrandint": 3}
 LIST_KINDS = ("choice", "grid")
@@ -159,7 +160,7 @@ def parse_space(cfg: Config) -> list[Dimension]:
             )
         if path.startswith(FIXED_PREFIXES) or path == "job":
             raise ConfigError(f"tune.space.{path}: a sweep cannot vary {path} (it is fixed for the whole sweep)")
-        dimension = parse_dimension(path, spec)
+        dimension = _parse_secret_dimension(path, spec) if is_secret_name(path) else parse_dimension(path, spec)
         for value in dimension.probes:
             trial = apply_values(base, {path: value})
             try:
@@ -174,6 +175,23 @@ def parse_space(cfg: Config) -> list[Dimension]:
         raise ConfigError("tune.space: nothing to search; give e.g. tune.space.optim.lr='loguniform(1e-4, 1e-2)'")
     _check_search(cfg, dimensions)
     return dimensions
+
+
+def _parse_secret_dimension(path: str, spec: Any) -> Dimension:
+    """A dimension of a path named like a secret (``model.kwargs.class_token``): numbers and booleans only. Ray Tune
+    writes every trial's values into trial names, its files and the console, so text values (a secret) are refused,
+    and errors do not repeat the values."""
+    where = f"tune.space.{path}"
+    try:
+        dimension = parse_dimension(path, spec)
+    except ConfigError:
+        raise ConfigError(f"{where}: not a distribution (values not shown: the name says they are secret)") from None
+    if any(isinstance(value, str) for value in dimension.probes):
+        raise ConfigError(
+            f"{where}: text values of a name that holds a secret are not searched (Ray Tune would write them into "
+            f"trial names and files); set it once as {path}=VALUE"
+        )
+    return dimension
 
 
 def _check_search(cfg: Config, dimensions: list[Dimension]) -> None:

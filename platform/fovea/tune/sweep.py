@@ -543,7 +543,7 @@ def default_sweep_name(cfg: Config) -> str:
 
 def _write_state(sweep_dir: Path, cfg: Config) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / STATE_FILE).write_text(json.dumps({"config": cfg.model_dump(mode="json")}, indent=1))
+    (sweep_dir / STATE_FILE).write_text(json.dumps({"config": cfg.redacted()}, indent=1))
 
 
 def _check_same_sweep(sweep_dir: Path, cfg: Config) -> None:
@@ -552,7 +552,7 @@ def _check_same_sweep(sweep_dir: Path, cfg: Config) -> None:
     if not state_file.is_file():
         return
     saved = json.loads(state_file.read_text())["config"]["tune"]
-    now = cfg.tune.model_dump(mode="json")
+    now = cfg.redacted()["tune"]  # as it was saved
     for key in ("space", "search", "scheduler", "metric", "mode", "num_samples"):
         if saved.get(key) != now.get(key):
             raise ConfigError(
@@ -643,7 +643,7 @@ def _finish(
         best_file = results_dir / "best_config.yaml"
         import yaml
 
-        best_file.write_text(yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
+        best_file.write_text(yaml.safe_dump(best_cfg.redacted(), sort_keys=False))
         files.append(best_file)
     numeric = {d.path: d.numeric for d in dimensions}
     figures = {f"objective_vs_{short_name(p)}.png": plot_objective(rows, p, cfg.tune.metric, numeric[p]) for p in paths}

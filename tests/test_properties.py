@@ -84,6 +84,7 @@ SPECIAL = {
     "data.scale_jitter": ordered_pair,
     "optim.betas": st.tuples(unit_interval, unit_interval),
     "scaling.num_workers": st.integers(1, 1024) | worker_range,
+    "train.inject_nan_steps": st.lists(st.integers(1, 10**6), max_size=5),
 }
 OVERRIDABLE = sorted(path for path in LEAVES if path not in FREE_FORM_FIELDS)
 

@@ -247,11 +247,12 @@ def test_the_mlflow_run_holds_no_secret(cfg, tmp_path):
 def test_checkpoints_and_model_records_hold_no_secret(cfg, tmp_path):
     import mlflow
 
+    from fovea.checkpoints import load_checkpoint
     from fovea.models import create_model, load_model_dir, save_model_dir
     from fovea.track import ensure_experiment, log_final_model
-    from fovea.train.worker import load_checkpoint, save_checkpoint
+    from fovea.train.worker import save_training_checkpoint
 
-    save_checkpoint(tmp_path, {"epoch": 1, "classes": ["a", "b"]}, cfg)
+    save_training_checkpoint(tmp_path, {"epoch": 1, "classes": ["a", "b"]}, cfg)
     state = load_checkpoint(tmp_path)
     assert json.loads(state["config"])["model"]["kwargs"]["api_token"] == MARKER
     assert json.loads(state["config"])["model"]["kwargs"]["class_token"] is False

@@ -169,6 +169,13 @@ class TrainConfig(_Section):
         description="fault injection (for tests and drills): these global optimizer steps (1-based) get a NaN loss",
     )
 
+    @field_validator("inject_nan_steps")
+    @classmethod
+    def _steps_positive(cls, value: list[int]) -> list[int]:
+        if any(step < 1 for step in value):
+            raise ValueError("steps count from 1")
+        return value
+
 
 class DistillConfig(_Section):
     type: Literal["none", "soft", "hard"] = Field("none", description="DeiT distillation mode")

@@ -54,6 +54,12 @@ def _sum_across_workers(values: list[float], device: torch.device) -> list[float
     return tensor.tolist()
 
 
+def save_training_checkpoint(directory: Path, state: dict[str, Any], cfg: Config) -> Path:
+    """The training state as ``directory/checkpoint.pt`` (atomic, checksummed), with the run's config as JSON under
+    ``"config"``, secrets redacted (``Config.redacted``): nothing secret reaches a file."""
+    return save_checkpoint(directory, {**state, "config": json.dumps(cfg.redacted())})
+
+
 def restore_state(checkpoint: ray.train.Checkpoint, *, fallback: bool, verbose: bool) -> dict[str, Any]:
     """The training state in ``checkpoint``, verified against its checksum.
 
@@ -364,7 +370,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 ray_checkpoint = None
                 if rank == 0:
-                    save_checkpoint(
+                    save_training_checkpoint(
                         Path(directory),
                         {
                             "model": unwrap(model).state_dict(),
@@ -378,9 +384,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             "history": json.dumps(history),
                             "mlflow_run_id": run_id,
                             "classes": classes,
-                            "config": json.dumps(cfg.redacted()),  # secrets never reach a file
                             "lr_scale": lr_scale,
                         },
+                        cfg,
                     )
                     ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)

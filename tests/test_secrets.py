@@ -308,36 +308,3 @@ def test_sweep_state_holds_no_secret_and_still_resumes(cfg, tmp_path):
     other = build_config([swept.model_dump(mode="json"), {"tune": {"scheduler": "fifo"}}])
     with pytest.raises(ConfigError, match="tune.scheduler: sweep"):
         _check_same_sweep(tmp_path, other)
-
-
-@pytest.mark.slow
-def test_a_training_run_with_a_secret_in_its_config_records_none(ray_local, env_secret, tmp_path, capfd):
-    """Through Ray: the config (with a secret the model does not take, in ``tune.space``, which training ignores)
-    reaches the worker through the object store, trains, and the run's params, artifacts, checkpoints, registered
-    model and printed lines hold none of it."""
-    from fovea.train.trainer import read_state, run_training
-
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    (tmp_path / "mlflow").mkdir()
-    cfg = parse_job_args(
-        "train_vit",
-        VIT_PRESETS,
-        ["--preset", "smoke", f"tune.space.model.kwargs.api_token={SECRET}", f"track.uri={tracking_uri}",
-         f"train.storage_path={tmp_path / 'runs'}", "train.name=secret-run", "track.experiment=secrets"],
-    )  # fmt: skip
-    assert cfg.tune.space["model.kwargs.api_token"] == SECRET
-    summary = run_training(cfg)
-
-    client = MlflowClient(tracking_uri)
-    assert client.get_run(summary.mlflow_run_id).data.params["tune.space"] == str({"model.kwargs.api_token": MARKER})
-    stored = client.download_artifacts(summary.mlflow_run_id, "config.yaml", str(tmp_path / "downloads"))
-    assert yaml.safe_load(Path(stored).read_text())["tune"]["space"] == {"model.kwargs.api_token": MARKER}
-    state = read_state(Path(summary.checkpoint_path))
-    assert json.loads(state["config"])["tune"]["space"] == {"model.kwargs.api_token": MARKER}
-    assert summary.registered_version == "1"
-    for root in (tmp_path / "mlflow", tmp_path / "runs"):  # the store, its artifacts, every checkpoint
-        assert _files_holding(root, "vit_micro_convstem_32")
-        for value in (SECRET, ENV_SECRET):
-            assert _files_holding(root, value) == []
-    printed = capfd.readouterr()
-    _assert_hidden(printed.out + printed.err + summary.describe())

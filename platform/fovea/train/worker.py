@@ -252,8 +252,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     last_epoch = min(cfg.train.epochs, loop_config.get("stop_at_epoch") or cfg.train.epochs)
     curves_drawn = time.perf_counter()
     prefix = loop_config.get("progress_prefix", "")
-    snapshot = TrainingSnapshot()  # the state a rollback returns to
-    snapshot.take(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=start_epoch, step=global_step)
+    # the state a rollback returns to: a host-memory copy of weights, optimizer, schedule and EMA after each epoch
+    # (about 3x the weights for AdamW), kept only when rollbacks can happen
+    can_roll_back = cfg.train.nonfinite_patience > 0 and cfg.train.nonfinite_action == "rollback"
+    snapshot = TrainingSnapshot()
+    if can_roll_back:
+        snapshot.take(
+            model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=start_epoch, step=global_step
+        )
     epoch = start_epoch
     try:
         while epoch < last_epoch:
@@ -393,7 +399,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 print(prefix + format_progress(metrics, cfg.train.epochs), flush=True)
             epoch += 1
-            snapshot.take(model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=epoch, step=global_step)
+            if can_roll_back:
+                snapshot.take(
+                    model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, epoch=epoch, step=global_step
+                )
     except BaseException:
         if tracker is not None:
             tracker.close("FAILED", timeout=min(30.0, cfg.track.flush_timeout_s))

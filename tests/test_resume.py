@@ -1,14 +1,18 @@
 """Acceptance: a run killed after epoch 2 and rerun with the same command resumes, same MLflow run.
 
-The rerun asks for two workers instead of one, as an elastic run does when it grows: the learning-rate schedule must
-carry on from the same fraction of the run, not from the same step. Before the rerun the latest checkpoint is
-damaged on disk (bytes flipped): the rerun warns, names it, and resumes from the checkpoint before it."""
+Before that, while epoch 2 trains, its one Ray Train worker process is killed (SIGKILL, the node and the driver
+live on): with ``train.max_failures=1`` Ray Train starts a new worker, which resumes from epoch 1's checkpoint, and
+no epoch is lost. The rerun asks for two workers instead of one, as an elastic run does when it grows: the
+learning-rate schedule must carry on from the same fraction of the run, not from the same step. Before the rerun
+the latest checkpoint is damaged on disk (bytes flipped): the rerun warns, names it, and resumes from the
+checkpoint before it."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +56,13 @@ def _wait_for_committed_epoch(run_dir: Path, at_least: int, timeout_s: float = 6
     return epoch
 
 
+def _worker_pid(line: str) -> int:
+    """The process that printed a worker's line: Ray puts "(RayTrainWorker pid=N)" (or "pid=N, ip=...") before it."""
+    found = re.search(r"RayTrainWorker pid=(\d+)", line)
+    assert found, line
+    return int(found.group(1))
+
+
 def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path):
     home = Path(os.environ["FOVEA_HOME"])  # this test's own (with the session's demo sets, see conftest)
     env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1"}
@@ -63,17 +74,30 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
         "smoke",
         "train.name=resume-me",
         "train.epochs=4",
+        "train.max_failures=1",
         "scaling.cpus_per_worker=1",
     ]
     first = _start(command, env, tmp_path)
     seen: list[str] = []
     deadline = time.time() + 420
     assert first.stdout is not None
+    killed_worker = None
     for line in first.stdout:
         seen.append(line)
+        if killed_worker is None and "epoch 1/4" in line:
+            # the worker that printed it, "(RayTrainWorker pid=N) epoch 1/4 | ...": kill it once epoch 1's checkpoint
+            # is recorded, while it trains epoch 2
+            killed_worker = _worker_pid(line)
+            _wait_for_committed_epoch(home / "runs" / "resume-me", at_least=1)
+            os.kill(killed_worker, signal.SIGKILL)
         if "epoch 2/4" in line:  # printed once the worker's report (and checkpoint upload) returned
             break
         assert time.time() < deadline, "first run never reached epoch 2:\n" + "".join(seen[-30:])
+    # a new worker took over from epoch 1's checkpoint: epoch 2 was trained by it, and printed once
+    first_output = "".join(seen)
+    assert killed_worker is not None and "resuming resume-me from its checkpoint: epoch 2\n" in first_output
+    assert first_output.count("epoch 1/4") == 1 and first_output.count("epoch 2/4") == 1, first_output[-4000:]
+    assert _worker_pid(seen[-1]) != killed_worker
     # Ray Train's controller records a reported checkpoint a moment after the worker's report returns; a kill
     # before that resumes from the epoch before (correct, but not this test's point): kill once it is recorded.
     _wait_for_committed_epoch(home / "runs" / "resume-me", at_least=2)
@@ -114,8 +138,9 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
     assert runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")]
     # every epoch; the corrupt checkpoint's epoch (and one trained after it, before the kill) logged, then trained
-    # again (MLflow keeps both points)
+    # again (MLflow keeps both points); nothing of the killed worker's unfinished epoch 2
     assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) <= 6, steps
+    assert steps.count(1) == 1, steps  # sent by the killed worker, or by the new one from the checkpoint: once
     workers = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "workers") if m.value == 2}
     assert sorted(workers) == list(range(resumed, 5)), workers
     # The schedule goes on where it was: 320 images (8 classes x 40), batch 32 per worker, so 10 steps an epoch with

@@ -61,6 +61,12 @@ class DataConfig(_Section):
     cache_max_mb: float = Field(
         1024, ge=0, description="keep a split's encoded rows in Ray's object store when its shards total at most this"
     )
+    max_bad_shards: int = Field(
+        0,
+        ge=-1,
+        description="shard files per split that may be missing or fail to read (before the run, or in any one pass "
+        "over the split): skipped with a warning and counted; one more stops the run (-1 = no limit)",
+    )
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
     crop_ratio: tuple[float, float] = Field((0.75, 1.3333), description="RandomResizedCrop aspect-ratio range")
     crop_pct: float = Field(0.875, gt=0, le=1, description="eval: centre crop as a fraction of the resized side")

@@ -8,6 +8,11 @@ CPU, and split across the training workers by Ray Train. Where the encoded rows 
   the shard files costs about a second per epoch, as much as decoding a small split, and one shard file is one
   block: blocks as small as a decode batch keep every CPU busy from the first batch;
 - a larger split streams from its shard files every epoch, in a new seeded file order, one read task per file.
+
+Either way each shard file is read by its own task (``fovea.data.shards.read_shards``, not ``read_parquet``, whose
+reader packs small files into one task and re-reads every footer each epoch: one bad file there costs the rows of
+its neighbours, or the whole epoch), so a shard that fails to read is one errored block, skipped within what is left
+of ``data.max_bad_shards``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fovea.data.clips import CLIP_COLUMNS, ClipSpec, DecodeClips
-from fovea.data.manifest import is_uri
+from fovea.data.shards import (
+    BadShardsError,
+    errored_block_budget,
+    paths_and_filesystem,
+    read_shards,
+    shard_read_problem,
+)
 from fovea.data.transforms import DecodeImages
 
 if TYPE_CHECKING:
@@ -62,62 +73,56 @@ def read_split(
     columns: list[str] | None = None,
     cache_max_mb: float = 0.0,
     block_rows: int = 64,
+    max_bad_shards: int = 0,
 ) -> ray.data.Dataset:
     """The raw rows (by default ``image`` bytes and ``label``) of one split of a prepared dataset.
 
     Args:
-        manifest: a manifest from ``fovea.data.load_manifest`` (absolute shard paths).
+        manifest: a manifest from ``fovea.data.load_manifest`` (absolute shard paths), maybe checked by
+            ``fovea.data.shards.check_shards`` (the shards it dropped count against ``max_bad_shards``).
         split: ``train`` or ``val``.
         shuffle: ``files`` (new shard order each epoch), ``global`` (full row shuffle each epoch) or ``none``.
         seed: seed for the shard order.
         columns: the columns to read (default ``["image", "label"]``).
         cache_max_mb: keep the split's rows in the object store when its local shard files total at most this.
         block_rows: rows per block of a cached split.
+        max_bad_shards: shard files of the split that may fail to read (-1 = any): each is skipped with Ray Data's
+            error log naming it; one more fails the pass over the split (a cached split: this call).
 
     Raises:
         ValueError: the split is missing or empty.
+        BadShardsError: a cached split's shards failed to read past the budget (one line naming one of them).
     """
-    import ray.data
-    from ray.data import FileShuffleConfig, RandomSeedConfig
+    from ray.data import RandomSeedConfig
 
     info = manifest["splits"].get(split)
     if not info or not info.get("shards"):
         raise ValueError(f"dataset has no {split!r} split with data (splits: {', '.join(manifest['splits'])})")
     columns = columns or ["image", "label"]
-    shards, filesystem = _paths_and_filesystem(info["shards"])
+    shards, filesystem = paths_and_filesystem(info["shards"])
     reseeded = RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    budget = errored_block_budget(info, max_bad_shards)
     if filesystem is None and _local_size_mb(shards) <= cache_max_mb:
         count = int(info["count"])
-        dataset = (
-            ray.data.read_parquet(shards)
-            .select_columns(columns)
+        rows = read_shards(shards, columns, max_errored_blocks=budget)
+        try:
             # at least 32 blocks (when there are that many rows), so a small split still gets a real new order
-            .repartition(max(1, math.ceil(count / block_rows), min(count, 32)))
-            .materialize()
-        )
+            dataset = rows.repartition(max(1, math.ceil(count / block_rows), min(count, 32))).materialize()
+        except Exception as err:
+            problem = shard_read_problem(err)
+            if problem is None:
+                raise
+            raise BadShardsError(
+                f"{split} split: {problem}; more shard files failed than data.max_bad_shards={max_bad_shards} allows"
+            ) from None
         if shuffle == "files":
             return dataset.randomize_block_order(seed=reseeded)
     else:
-        file_shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle == "files" else None
-        dataset = ray.data.read_parquet(
-            shards, filesystem=filesystem, shuffle=file_shuffle, override_num_blocks=len(shards)
-        ).select_columns(columns)
+        order = seed if shuffle == "files" else None
+        dataset = read_shards(shards, columns, filesystem=filesystem, shuffle_seed=order, max_errored_blocks=budget)
     if shuffle == "global":
         return dataset.random_shuffle(seed=reseeded)
     return dataset
-
-
-def _paths_and_filesystem(shards: list[str]) -> tuple[list[str], Any]:
-    """Local shard paths as they are (filesystem None); URIs (``s3://bucket/ds/x.parquet?endpoint_override=...``) as
-    paths inside one pyarrow filesystem built from the first, options included (Ray Data would drop them)."""
-    if not shards or not is_uri(shards[0]):
-        return shards, None
-    from pyarrow import fs
-
-    # one filesystem (building one may ask the store for its region); the shards share its scheme and authority
-    filesystem, first = fs.FileSystem.from_uri(shards[0])
-    prefix = len(shards[0].partition("?")[0]) - len(first)  # "s3://" for s3://bucket/key -> bucket/key
-    return [shard.partition("?")[0][prefix:] for shard in shards], filesystem
 
 
 def _local_size_mb(paths: list[str]) -> float:
@@ -151,7 +156,7 @@ def build_image_datasets(
         train_decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
         val_decode = DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct)
     batch = data_cfg.decode_batch_size
-    cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch)
+    cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, max_bad_shards=data_cfg.max_bad_shards)
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)
     val = read_split(manifest, "val", **cache)
     return {
@@ -195,7 +200,8 @@ def build_video_datasets(
     storage = manifest.get("storage", "encoded")
     decode = dict(storage=storage, backend=data_cfg.video_backend, decode_threads=data_cfg.decode_threads)
     batch = data_cfg.decode_batch_size
-    cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, columns=CLIP_COLUMNS)
+    cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, max_bad_shards=data_cfg.max_bad_shards)
+    cache["columns"] = CLIP_COLUMNS
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)
     val = read_split(manifest, "val", **cache)
     datasets = {

@@ -34,6 +34,18 @@ def checkpoint_failure(err: BaseException) -> str | None:
     return None
 
 
+def data_failure(err: BaseException, max_bad_shards: int) -> str | None:
+    """The one-line shard problem behind a failed ``trainer.fit()``: a shard file that failed to read with the split's
+    ``data.max_bad_shards`` used up (Ray Data failed the pass, the worker reading it failed), or None."""
+    from fovea.data.shards import shard_read_problem
+
+    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        problem = shard_read_problem(failure)
+        if problem:
+            return f"worker {rank}: {problem}; more shard files failed than data.max_bad_shards={max_bad_shards} allows"
+    return None
+
+
 @dataclass
 class TrainSummary:
     """What a finished run produced."""
@@ -233,6 +245,41 @@ def dataset_dir_of(cfg: Config) -> Path | str:
     )
 
 
+def checked_manifest(cfg: Config, dataset_dir: Path | str) -> dict[str, Any]:
+    """The dataset's manifest less its missing or unreadable shard files (``data.max_bad_shards`` of them per split
+    at most), each split that lost some announced in one warning line.
+
+    Raises:
+        RunFailure: a split lost more shards than allowed (one line naming them).
+    """
+    from fovea.data import load_manifest, location_label
+    from fovea.data.shards import BadShardsError, check_shards, skipped_warnings
+
+    try:
+        manifest = check_shards(load_manifest(dataset_dir), max_bad_shards=cfg.data.max_bad_shards)
+    except BadShardsError as err:
+        raise RunFailure(f"dataset {location_label(dataset_dir)}: {err}") from None
+    for line in skipped_warnings(manifest, cfg.data.max_bad_shards):
+        print(line, flush=True)
+    return manifest
+
+
+def skipped_data_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """The run's record of the shard files the check before it dropped: counts, and which (``split: path``)."""
+    from fovea.data.shards import skipped_summary
+
+    shards, rows = skipped_summary(manifest)
+    tags = {"fovea.data_skipped_shards": str(shards), "fovea.data_skipped_rows": str(rows)}
+    if shards:
+        named = [
+            f"{split}: {item['path']} ({item['reason']})"
+            for split, info in manifest["splits"].items()
+            for item in info.get("skipped_shards", ())
+        ]
+        tags["fovea.data_skipped"] = "; ".join(named)[:5000]
+    return tags
+
+
 def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     """The run's Ray Datasets (``train``, ``val`` and, for video, ``val_views``) from a prepared manifest."""
     from fovea.data import build_image_datasets, build_video_datasets
@@ -305,6 +352,7 @@ def build_torch_trainer(
             "config": config_for_workers(cfg),
             "classes": manifest["classes"],
             "train_count": manifest["splits"]["train"]["count"],
+            "val_count": manifest["splits"]["val"]["count"],
             "tracking_uri": tracking_uri,
             "experiment_id": experiment_id,
             "run_name": run_name,
@@ -386,16 +434,20 @@ def run_training(cfg: Config) -> TrainSummary:
     teacher = load_checked_teacher(cfg) if cfg.distill.type != "none" else None  # before Ray: fail fast
     init_ray()
 
-    from fovea.data import load_manifest, location_label
+    from fovea.data import location_label
+    from fovea.data.shards import BadShardsError
 
     run_name = cfg.run_name()
     dataset_dir = dataset_dir_of(cfg)
-    manifest = load_manifest(dataset_dir)
+    manifest = checked_manifest(cfg, dataset_dir)
     classes = manifest["classes"]
-    datasets = build_datasets(cfg, manifest)
+    try:
+        datasets = build_datasets(cfg, manifest)
+    except BadShardsError as err:  # a cached split, read here, lost more shards than allowed
+        raise RunFailure(f"dataset {location_label(dataset_dir)}: {err}") from None
 
     tracking_uri = experiment_id = None
-    tags = run_tags(cfg, dataset_dir)
+    tags = {**run_tags(cfg, dataset_dir), **skipped_data_tags(manifest)}
     if cfg.track.enabled:
         from fovea.track import TRAIN_NAME_TAG, ensure_experiment, resolve_tracking_uri
 
@@ -420,8 +472,8 @@ def run_training(cfg: Config) -> TrainSummary:
     )
     try:
         result = trainer.fit()
-    except Exception as err:  # Ray Train's TrainingFailedError; a full disk or a corrupt checkpoint gets one line
-        problem = checkpoint_failure(err)
+    except Exception as err:  # Ray Train's TrainingFailedError; a full disk, a corrupt checkpoint or shard: one line
+        problem = checkpoint_failure(err) or data_failure(err, cfg.data.max_bad_shards)
         if problem is None:
             raise
         raise RunFailure(f"run {run_name} stopped: {problem}") from None

@@ -214,18 +214,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if cfg.train.inject_nan_steps:  # fault injection: NaN losses at these steps
         criterion = NanAtSteps(criterion, cfg.train.inject_nan_steps)
 
-    def device_batches(shard: Any, *, batch_size: int, **options: Any) -> Any:
+    def device_batches(shard: Any, *, batch_size: int, rows: list[int] | None = None, **options: Any) -> Any:
         """A shard's batches on this worker's device: uint8 tensors copied a batch ahead from pinned memory, or
-        (``data.jpeg_decode=device``) JPEG batches decoded on the device."""
+        (``data.jpeg_decode=device``) JPEG batches decoded on the device. With ``rows`` (a one-item list) every row
+        is counted there and the last, partial batch dropped (``drop_last``, done here so that the count sees it)."""
         if cfg.data.jpeg_decode == "device":
             raw = shard.iter_batches(
                 batch_size=batch_size, batch_format="numpy", prefetch_batches=cfg.data.prefetch_batches, **options
             )
+            raw = raw if rows is None else _full_batches(raw, batch_size, rows)
             return (decode_batch(batch, img_size=cfg.model.img_size, device=device) for batch in raw)
         batches = shard.iter_torch_batches(
             batch_size=batch_size, prefetch_batches=cfg.data.prefetch_batches, device="cpu", pin_memory=pin, **options
         )
-        return prefetch_to_device(batches, device)
+        return prefetch_to_device(batches if rows is None else _full_batches(batches, batch_size, rows), device)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -263,10 +265,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     epoch = start_epoch
     try:
         while epoch < last_epoch:
+            rows = [0]
             batches = device_batches(
                 train_shard,
                 batch_size=batch_size,
-                drop_last=True,
+                rows=rows,
                 local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
             )
             try:
@@ -323,16 +326,27 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             global_step += stats.steps
             val = evaluate(model, val_batches(), normalize=normalize, device=device, precision=cfg.train.precision)
             applied = stats.steps - stats.skipped_batches
-            loss_sum, applied_sum, samples, seconds_sum, skipped = _sum_across_workers(
+            loss_sum, applied_sum, samples, seconds_sum, skipped, train_rows = _sum_across_workers(
                 [
                     stats.loss * applied,
                     float(applied),
                     float(stats.samples),
                     stats.seconds,
                     float(stats.skipped_batches),
+                    float(rows[0]),
                 ],
                 device,
             )
+            # rows a shard that failed to read took with it (Ray Data skipped it within data.max_bad_shards), or that
+            # no longer decode; each worker's share is evened out by dropping at most world - 1 rows: not counted
+            missing = {
+                split: short
+                for split, expected, got in (
+                    ("train", loop_config["train_count"], train_rows),
+                    ("val", loop_config.get("val_count", 0), val["count"]),
+                )
+                if (short := int(expected - got)) >= world
+            }
             metrics = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(1.0, applied_sum),
@@ -345,6 +359,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "epoch_time_s": stats.seconds,
                 "lr": optimizer.param_groups[0]["lr"],
                 "skipped_steps": skipped,
+                "train_rows": train_rows,
+                "data_missing_rows": sum(missing.values()),
                 "workers": world,  # changes in an elastic run
                 "peak_memory_mb": peak_memory_mb(device),  # rank 0's: GPU memory allocated, or the process's RSS
             }
@@ -397,6 +413,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report({**metrics, "mlflow_run_id": run_id or ""}, checkpoint=ray_checkpoint)
             if rank == 0:
+                if missing:
+                    print(f"{prefix}{missing_rows_warning(epoch + 1, missing, loop_config)}", flush=True)
                 print(prefix + format_progress(metrics, cfg.train.epochs), flush=True)
             epoch += 1
             if can_roll_back:
@@ -409,6 +427,24 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         raise
     if tracker is not None:
         _close_tracker(tracker, cfg.track.flush_timeout_s, prefix)
+
+
+def _full_batches(batches: Any, batch_size: int, rows: list[int]) -> Any:
+    """The full batches of ``batches`` (only the last can be short), every row counted in ``rows[0]``."""
+    for batch in batches:
+        count = len(batch["label"])
+        rows[0] += count
+        if count == batch_size:
+            yield batch
+
+
+def missing_rows_warning(epoch: int, missing: dict[str, int], loop_config: dict[str, Any]) -> str:
+    """One line: the rows an epoch did not get, per split, out of the rows the split has."""
+    counts = ", ".join(f"{short} of {loop_config[f'{split}_count']} {split} rows" for split, short in missing.items())
+    return (
+        f"warning: epoch {epoch} went without {counts}: a shard file failed to read (Ray Data's error above names "
+        "it; skipped within data.max_bad_shards) or rows no longer decode"
+    )
 
 
 def _close_tracker(tracker: Any, timeout: float, prefix: str) -> None:

@@ -154,7 +154,7 @@ def run_trial(sampled: dict[str, Any], context: SweepContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fovea.data.stream import configure_data_context
-    from fovea.train.trainer import build_datasets, build_torch_trainer, run_tags
+    from fovea.train.trainer import build_datasets, build_torch_trainer, run_tags, skipped_data_tags
 
     configure_data_context()  # this actor is the Train run's driver: Ray Train ships its DataContext to the workers
     trial = tune.get_context()
@@ -190,7 +190,7 @@ def run_trial(sampled: dict[str, Any], context: SweepContext) -> None:
         datasets=datasets,
         tracking_uri=context.tracking_uri,
         experiment_id=context.experiment_id,
-        tags=run_tags(cfg, Path(context.dataset_dir)),
+        tags={**run_tags(cfg, Path(context.dataset_dir)), **skipped_data_tags(context.manifest)},
         storage=context.train_storage,
         teacher_ref=context.teacher_ref if cfg.distill.type != "none" else None,
         teacher_source=context.teacher_source if cfg.distill.type != "none" else None,
@@ -413,6 +413,7 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
     paths = [d.path for d in dimensions]
 
     from fovea.train.trainer import (
+        checked_manifest,
         dataset_dir_of,
         init_ray,
         load_checked_teacher,
@@ -425,11 +426,9 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
     import ray
     from ray import tune
 
-    from fovea.data import load_manifest
-
     teacher = load_checked_teacher(cfg) if _may_distill(cfg, dimensions) else None
     dataset_dir = dataset_dir_of(cfg)
-    manifest = load_manifest(dataset_dir)
+    manifest = checked_manifest(cfg, dataset_dir)  # missing or unreadable shards dropped (data.max_bad_shards)
     teacher_ref, teacher_source = prepare_teacher(cfg, teacher, manifest["classes"])
 
     sweep_name = default_sweep_name(cfg)

@@ -3,7 +3,8 @@
 Before a run every shard's footer is checked: a missing or unreadable one is dropped, named and counted (rows too)
 within ``data.max_bad_shards`` per split, and the run stops with one line past it. Damage the footer check cannot see
 is met while reading: each shard is its own read task, so Ray Data's errored-block budget (what is left of the same
-``data.max_bad_shards``) skips exactly that shard's rows, every pass, and fails the pass past it (a run: one line)."""
+``data.max_bad_shards``) skips exactly that shard's rows, every pass, and fails the pass past it (a run: one line).
+A training run over bad shards is part of the end-to-end drill, ``tests/test_drill_e2e.py``."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import make_colour_folder
-from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 from ray.train import WorkerGroupError
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-from fovea.config import build_config, load_yaml
+from fovea.config import build_config
 from fovea.data import load_manifest, prepare_images, read_split
 from fovea.data.shards import (
     BadShardsError,
@@ -29,7 +29,7 @@ from fovea.data.shards import (
     skipped_summary,
     skipped_warnings,
 )
-from fovea.train.trainer import RunFailure, checked_manifest, data_failure, run_training
+from fovea.train.trainer import RunFailure, checked_manifest, data_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,44 +159,3 @@ def test_a_shard_damaged_inside_is_skipped_every_pass_within_the_budget_and_fail
     error = cloudpickle.loads(cloudpickle.dumps(WorkerGroupError("Traceback (most recent call last): ...", failures)))
     assert data_failure(error, 0) == f"worker 0: {found}; more shard files failed than data.max_bad_shards=0 allows"
     assert data_failure(WorkerGroupError("x", {0: UserExceptionWithTraceback(OSError("disk"), "tb")}), 0) is None
-
-
-def _config(dataset: Path, tmp_path: Path, max_bad_shards: int):
-    return build_config(
-        [
-            {"job": "train_vit"},
-            load_yaml(ROOT / "jobs" / "configs" / "vit" / "smoke.yaml"),
-            {
-                "data": {"path": str(dataset), "batch_size": 8, "cache_max_mb": 0, "max_bad_shards": max_bad_shards},
-                "train": {"epochs": 2, "storage_path": str(tmp_path / "runs"), "name": f"bad-data-{max_bad_shards}"},
-                "track": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "bad-data", "log_model": False},
-            },
-        ]
-    )
-
-
-@pytest.mark.slow
-def test_a_run_skips_bad_shards_within_the_budget_and_records_them(dataset, tmp_path, capsys):
-    """A shard deleted (dropped before the run) and one damaged inside (skipped by Ray Data each epoch)."""
-    manifest, shards, rows = _train_shards(dataset)
-    gone, damaged = shards[1], shards[0]
-    Path(gone).unlink()
-    _damage_inside(damaged)
-
-    summary = run_training(_config(dataset, tmp_path, max_bad_shards=2))
-    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: train split")]
-    assert len(warnings) == 1 and f"{gone} (no such file)" in warnings[0], warnings
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.get_run(summary.mlflow_run_id)
-    assert run.info.status == "FINISHED" and summary.epochs == 2
-    tags = run.data.tags
-    assert tags["fovea.data_skipped_shards"] == "1"
-    assert tags["fovea.data_skipped_rows"] == str(sum(rows[gone].values()))
-    assert tags["fovea.data_skipped"] == f"train: {gone} (no such file)"
-    read = sum(sum(rows[shard].values()) for shard in shards if shard not in (gone, damaged))
-
-    def history(key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-
-    assert history("train_rows") == [(1, read), (2, read)]  # one worker: every row it was given
-    assert history("data_missing_rows") == [(1, sum(rows[damaged].values())), (2, sum(rows[damaged].values()))]

@@ -34,7 +34,13 @@ from torch import nn
 
 from fovea.config import Config, build_config, set_path
 from fovea.models import create_model, is_video_model
-from fovea.train.loop import autocast_dtype, compile_enabled, configure_device, peak_memory_mb
+from fovea.train.loop import (
+    autocast_dtype,
+    compile_enabled,
+    configure_device,
+    enable_grad_checkpointing,
+    peak_memory_mb,
+)
 
 
 @dataclass
@@ -90,19 +96,18 @@ def input_shape(cfg: Config) -> tuple[int, ...]:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The model the run trains, built the same way fovea's worker builds it."""
-    from fovea.train.trainer import model_input_args
+    """The model the run trains: the architecture fovea records for it (``model_create_args``), with the run's
+    dropout and activation checkpointing, as the worker builds it."""
+    from fovea.train.trainer import model_create_args
 
     model = create_model(
         cfg.model.name,
-        num_classes=num_classes,
-        img_size=cfg.model.img_size,
+        drop_rate=cfg.model.drop_rate,
         drop_path_rate=cfg.model.drop_path_rate,
-        **model_input_args(cfg),
-        **cfg.model.kwargs,
+        **model_create_args(cfg, num_classes=num_classes),
     )
     if cfg.train.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        enable_grad_checkpointing(model, cfg.model.name)
     return model
 
 

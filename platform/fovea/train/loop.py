@@ -180,6 +180,13 @@ def configure_device(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """``train.grad_checkpointing=true``: turn on the model's activation checkpointing, or fail in one line."""
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(f"train.grad_checkpointing: {name} has no activation checkpointing")
+    model.set_grad_checkpointing(True)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process so far: allocated GPU memory on CUDA, else the process's peak RSS (MiB)."""
     if device.type == "cuda":

@@ -31,6 +31,7 @@ from fovea.train.loop import (
     build_scheduler,
     compile_enabled,
     configure_device,
+    enable_grad_checkpointing,
     evaluate,
     move_schedule,
     normalization,
@@ -121,9 +122,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     batch_size = cfg.data.batch_size
     steps_per_epoch = max(1, loop_config["train_count"] // world // batch_size // cfg.optim.accum_steps)
     if cfg.train.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError(f"train.grad_checkpointing: {cfg.model.name} has no activation checkpointing")
-        model.set_grad_checkpointing(True)
+        enable_grad_checkpointing(model, cfg.model.name)
     # fused Adam/AdamW: one kernel for all parameters, and a non-finite step is skipped on the device
     optimizer = build_optimizer(model, cfg.optim, fused=cfg.optim.name in FUSED_OPTIMIZERS)
     scheduler = build_scheduler(

@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plain-only", action="store_true", help="only the plain loop (no Ray)")
     parser.add_argument("--ingest-only", action="store_true", help="only the data path: Ray Data vs a DataLoader")
     parser.add_argument("--workers", type=int, default=0, help="ingest: Ray CPUs = DataLoader processes (0 = all)")
+    parser.add_argument("--rounds", type=int, default=1, help="ingest: turns each path takes (ratios are medians)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -114,7 +115,13 @@ def ingest(cfg, args: argparse.Namespace) -> dict:  # noqa: ANN001
     kind = manifest.get("kind", "image")
     workers = args.workers or os.cpu_count() or 1
     results = run_benchmark(
-        manifest, cfg.data, kind=kind, img_size=cfg.model.img_size, workers=workers, epochs=max(2, args.epochs)
+        manifest,
+        cfg.data,
+        kind=kind,
+        img_size=cfg.model.img_size,
+        workers=workers,
+        epochs=max(2, args.epochs),
+        rounds=args.rounds,
     )
     count = manifest["splits"]["train"]["count"]
     print(

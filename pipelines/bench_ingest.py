@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("data", metavar="DATA", help="a prepared dataset folder, or 'demo' for the built-in set")
     parser.add_argument("--kind", choices=("video", "image"), required=True, help="what DATA holds")
     parser.add_argument("--workers", type=int, default=2, help="Ray CPUs = DataLoader worker processes")
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the training split per path")
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the training split per path and round")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each path takes (ratios are medians over them)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size the consumer receives")
     parser.add_argument("--decode-batch-size", type=int, default=16, help="rows per Ray Data map_batches call")
     parser.add_argument("--img-size", type=int, default=64, help="crop side")
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         img_size=args.img_size,
         workers=args.workers,
         epochs=args.epochs,
+        rounds=args.rounds,
         rss_decodes=args.rss_decodes if args.kind == "video" else 0,
     )
     print(

@@ -68,14 +68,28 @@ def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(
 def test_benchmark_ingest_only_compares_ray_data_with_a_dataloader(ray_local, tmp_path, capsys):
     # in this process, on the module's Ray (run_benchmark uses a running Ray as it is)
     out = tmp_path / "ingest.json"
-    assert _job().main(["--ingest-only", "--steps", "4", "--workers", "2", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        _job().main(
+            ["--ingest-only", "--steps", "4", "--workers", "2", "--rounds", "2", "--device", "cpu", "--json", str(out)]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
-    ray_data, loader = report["paths"]
-    assert (ray_data["name"], loader["name"]) == ("Ray Data", "DataLoader")
+    ray_data, loader, persistent = report["paths"]
+    assert [path["name"] for path in report["paths"]] == ["Ray Data", "DataLoader", "DataLoader, persistent workers"]
     assert report["rows"] >= 4 * 32
-    assert ray_data["items"] == loader["items"] == 2 * report["rows"]  # every row, both epochs, nothing lost
-    assert report["ratio"] == pytest.approx(ray_data["warm_items_per_s"] / loader["warm_items_per_s"])
-    assert "ratio Ray Data / DataLoader" in capsys.readouterr().out
+    # every row, both epochs of both rounds, nothing lost
+    assert ray_data["items"] == loader["items"] == persistent["items"] == 2 * 2 * report["rows"]
+    assert len(ray_data["epoch_seconds"]) == 4 and ray_data["round_starts"] == [0, 2]
+    # each round's ratio over its warm epoch (the second), the median of the two
+    for name, index in (("round_ratios", 1), ("round_ratios_persistent", 2)):
+        rates = [report["paths"][i]["epoch_seconds"] for i in (0, index)]
+        expected = [rates[1][epoch] / rates[0][epoch] for epoch in (1, 3)]
+        assert report[name] == pytest.approx(expected)
+    assert report["ratio"] == pytest.approx(sum(report["round_ratios"]) / 2)
+    assert report["ratio_persistent"] == pytest.approx(sum(report["round_ratios_persistent"]) / 2)
+    printed = capsys.readouterr().out
+    assert "ratio Ray Data / DataLoader: " in printed and "with persistent workers: " in printed
 
 
 def test_benchmark_rejects_a_bad_override(tmp_path):

@@ -203,10 +203,10 @@ def test_ingest_benchmark_runs_both_paths_over_every_row(ray_local, video_rows, 
     manifest = prepare_videos(raw, tmp_path / "prepared", val_fraction=0.34, shard_rows=2)
     cfg = DataConfig(num_frames=4, frame_interval=2, batch_size=2, decode_batch_size=2)
     results = run_benchmark(manifest, cfg, kind="video", img_size=32, workers=2, epochs=2, rss_decodes=200)
-    ray_data, loader = results["paths"]
+    ray_data, loader, persistent = results["paths"]
     train_rows = manifest["splits"]["train"]["count"]
     assert (ray_data["name"], loader["name"]) == ("Ray Data", "DataLoader")
-    assert ray_data["items"] == loader["items"] == 2 * train_rows
+    assert ray_data["items"] == loader["items"] == persistent["items"] == 2 * train_rows
     assert results["ratio"] == pytest.approx(ray_data["warm_items_per_s"] / loader["warm_items_per_s"])
     assert ray_data["peak_mb"] >= ray_data["baseline_mb"] > 0
     assert [count for count, _ in results["rss_trace"]] == [0, 100, 200]

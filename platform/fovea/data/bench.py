@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,7 @@ class TreeMemory:
 
 @dataclass
 class IngestResult:
-    """Throughput of one ingest path."""
+    """Throughput of one ingest path, over one or more rounds of epochs."""
 
     name: str
     items: int
@@ -79,6 +79,7 @@ class IngestResult:
     first_batch_s: float
     peak_mb: float
     baseline_mb: float
+    round_starts: list[int] = field(default_factory=lambda: [0])  # the cold epochs: each round's first
 
     @property
     def items_per_s(self) -> float:
@@ -87,11 +88,12 @@ class IngestResult:
 
     @property
     def warm_items_per_s(self) -> float:
-        """Items per second over the epochs after the first (which also pays for worker start-up and imports)."""
-        if len(self.epoch_seconds) < 2:
+        """Items per second over the epochs after each round's first (which also pays for worker start-up)."""
+        warm = [s for index, s in enumerate(self.epoch_seconds) if index not in self.round_starts]
+        if not warm:
             return self.items_per_s
         per_epoch = self.items / len(self.epoch_seconds)
-        return per_epoch * (len(self.epoch_seconds) - 1) / max(1e-9, sum(self.epoch_seconds[1:]))
+        return per_epoch * len(warm) / max(1e-9, sum(warm))
 
 
 def consume(batches: Iterable[dict[str, torch.Tensor]], key: str) -> tuple[int, float]:
@@ -182,17 +184,25 @@ def run_benchmark(
     img_size: int,
     workers: int,
     epochs: int,
+    rounds: int = 1,
     rss_decodes: int = 0,
 ) -> dict[str, Any]:
-    """Time the Ray Data path and the DataLoader baseline over the training split; optionally trace decoder RSS.
+    """Time the Ray Data path and two DataLoader baselines over the training split; optionally trace decoder RSS.
 
-    Ray is started here with ``workers`` CPUs and shut down again (a Ray already running is used as it is); the
-    DataLoader gets ``workers`` processes.
+    The paths take turns, ``rounds`` times: Ray Data, a ``DataLoader`` with its default worker processes (started
+    again each epoch), a ``DataLoader`` with ``persistent_workers=True``; each runs ``epochs`` epochs per round.
+    Taking turns spreads slow drifts of the machine (other tenants, clock changes) over all three, and the ratios
+    are medians over the rounds. Ray is started here with ``workers`` CPUs for each Ray Data round and shut down
+    after it, so Ray's own processes take no CPU from the DataLoader rounds (a Ray already running is used as it
+    is and left running); each DataLoader gets ``workers`` processes.
 
     Returns:
-        ``{"paths": [ray_data, dataloader], "ratio": ray/dataloader items per second over the warm epochs (all
-        but the first), "ratio_all_epochs": the same over every epoch, "rss_trace": [(n, MiB)], "rss_growth_mb":
-        ...}`` (the RSS keys only with ``rss_decodes``).
+        ``{"paths": [ray_data, dataloader, dataloader_persistent], "ratio": median over rounds of Ray Data / default
+        DataLoader items per second over the warm epochs (all but each round's first), "ratio_persistent": the
+        same against the persistent-worker DataLoader, "round_ratios" / "round_ratios_persistent": each round's,
+        "ratio_all_epochs": the overall rates' ratio counting every epoch, "rss_trace": [(n, MiB)],
+        "rss_growth_mb": ...}`` (the RSS keys only with ``rss_decodes``). Each path's ``epoch_seconds`` holds its
+        epochs of every round in order.
     """
     import ray
 
@@ -206,6 +216,8 @@ def run_benchmark(
     )
     from fovea.data.transforms import DecodeImages
 
+    if epochs < 1 or rounds < 1:
+        raise ValueError(f"epochs and rounds must be at least 1 (got {epochs}, {rounds})")
     shards = manifest["splits"]["train"]["shards"]
     for shard in shards:  # warm the page cache so neither path pays for the first read from disk
         with open(shard, "rb") as file:
@@ -225,46 +237,65 @@ def run_benchmark(
         key, columns = "image", ["image", "label"]
         decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        configure_data_context()
-        if kind == "video":
-            train = build_video_datasets(manifest, data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)["train"]
-        else:
-            train = build_image_datasets(manifest, data_cfg, img_size=img_size)["train"]
-        ray_result = measure(
-            "Ray Data",
-            lambda: train.iter_torch_batches(batch_size=data_cfg.batch_size, prefetch_batches=2, device="cpu"),
-            key,
-            epochs,
-        )
-    finally:
+    def ray_round() -> IngestResult:
+        started_ray = not ray.is_initialized()
         if started_ray:
-            ray.shutdown()
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            configure_data_context()
+            if kind == "video":
+                build = build_video_datasets(manifest, data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
+            else:
+                build = build_image_datasets(manifest, data_cfg, img_size=img_size)
+            train = build["train"]
+            return measure(
+                "Ray Data",
+                lambda: train.iter_torch_batches(batch_size=data_cfg.batch_size, prefetch_batches=2, device="cpu"),
+                key,
+                epochs,
+            )
+        finally:
+            if started_ray:
+                ray.shutdown()
 
     rows = ParquetRows(shards, columns, decode, key)
-    loader_result = measure(
-        "DataLoader",
-        lambda: torch.utils.data.DataLoader(
-            rows,
-            batch_size=data_cfg.batch_size,
-            shuffle=True,
-            num_workers=workers,
-            prefetch_factor=2,
-            collate_fn=collate_decoded,
-        ),
-        key,
-        epochs,
-    )
-    paths = [ray_result, loader_result]
+
+    def loader_round(persistent: bool) -> IngestResult:
+        loaders = [
+            torch.utils.data.DataLoader(
+                rows,
+                batch_size=data_cfg.batch_size,
+                shuffle=True,
+                num_workers=workers,
+                prefetch_factor=2,
+                persistent_workers=persistent,
+                collate_fn=collate_decoded,
+            )
+        ]
+        name = "DataLoader, persistent workers" if persistent else "DataLoader"
+        result = measure(name, lambda: loaders[0], key, epochs)
+        loaders.clear()  # persistent workers exit with their loader, before the next path's turn
+        gc.collect()
+        return result
+
+    per_round: list[list[IngestResult]] = []
+    for _ in range(rounds):
+        per_round.append([ray_round(), loader_round(False), loader_round(True)])
+    paths = [_combine([results[index] for results in per_round]) for index in range(3)]
+
+    def ratios(baseline: int) -> list[float]:
+        return [results[0].warm_items_per_s / max(1e-9, results[baseline].warm_items_per_s) for results in per_round]
+
     results: dict[str, Any] = {
         "paths": [
             {**vars(path), "items_per_s": path.items_per_s, "warm_items_per_s": path.warm_items_per_s} for path in paths
         ],
-        "ratio": ray_result.warm_items_per_s / max(1e-9, loader_result.warm_items_per_s),
-        "ratio_all_epochs": ray_result.items_per_s / max(1e-9, loader_result.items_per_s),
+        "rounds": rounds,
+        "round_ratios": ratios(1),
+        "round_ratios_persistent": ratios(2),
+        "ratio": float(np.median(ratios(1))),
+        "ratio_persistent": float(np.median(ratios(2))),
+        "ratio_all_epochs": paths[0].items_per_s / max(1e-9, paths[1].items_per_s),
     }
     if rss_decodes and kind == "video":
         table = pq.read_table(shards[0], columns=columns)
@@ -276,23 +307,52 @@ def run_benchmark(
     return results
 
 
+def _combine(rounds: list[IngestResult]) -> IngestResult:
+    """One path's rounds as one result: every epoch in order, each round's first marked cold."""
+    starts, seconds = [], []
+    for result in rounds:
+        starts.append(len(seconds))
+        seconds.extend(result.epoch_seconds)
+    first = rounds[0]
+    return IngestResult(
+        first.name,
+        sum(result.items for result in rounds),
+        seconds,
+        first.first_batch_s,
+        max(result.peak_mb for result in rounds),
+        first.baseline_mb,
+        starts,
+    )
+
+
 def format_ingest(results: dict[str, Any], *, kind: str, where: str, rows: int, workers: int, batch: int) -> str:
-    """The printed summary of :func:`run_benchmark`: each path's rate, epoch times and memory, and their ratio."""
+    """The printed summary of :func:`run_benchmark`: each path's rate, epoch times and memory, and the ratios."""
     unit = "clips" if kind == "video" else "images"
-    epochs = len(results["paths"][0]["epoch_seconds"])
+    rounds = results.get("rounds", 1)
+    epochs = len(results["paths"][0]["epoch_seconds"]) // rounds
     lines = [
-        f"{kind} ingest of {where} ({rows} training rows, {workers} worker processes, batch {batch}, {epochs} epochs)"
+        f"{kind} ingest of {where} ({rows} training rows, {workers} worker processes, batch {batch}, "
+        f"{rounds} round(s) of {epochs} epochs per path, taking turns)"
     ]
     for path in results["paths"]:
         times = ", ".join(f"{seconds:.2f}" for seconds in path["epoch_seconds"])
         growth = path["peak_mb"] - path["baseline_mb"]
         lines.append(
-            f"  {path['name']:<11} {path['warm_items_per_s']:7.1f} {unit}/s warm ({path['items_per_s']:.1f} all epochs)"
+            f"  {path['name']:<30} {path['warm_items_per_s']:7.1f} {unit}/s warm ({path['items_per_s']:.1f} all epochs)"
             f" | epochs {times} s | first batch {path['first_batch_s']:.2f} s | peak PSS {path['peak_mb']:.0f} MiB"
             f" (+{growth:.0f} over idle)"
         )
+
+    def spread(key: str) -> str:
+        values = results.get(key, [])
+        return f" (rounds: {', '.join(f'{value:.2f}' for value in values)})" if len(values) > 1 else ""
+
     lines.append(
-        f"  ratio Ray Data / DataLoader: {results['ratio']:.2f}x warm epochs "
-        f"({results['ratio_all_epochs']:.2f}x counting the first epoch)"
+        f"  ratio Ray Data / DataLoader: {results['ratio']:.2f}x warm epochs, median{spread('round_ratios')}; "
+        f"{results['ratio_all_epochs']:.2f}x counting every epoch"
+    )
+    lines.append(
+        f"  ratio Ray Data / DataLoader with persistent workers: {results['ratio_persistent']:.2f}x warm epochs, "
+        f"median{spread('round_ratios_persistent')}"
     )
     return "\n".join(lines)

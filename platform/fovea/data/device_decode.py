@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import random
 from typing import Any
 
@@ -22,39 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from fovea.data.transforms import eval_resize_size
+from fovea.data.transforms import eval_resize_size, random_resized_crop_box
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
 _EXIF_ORIENTATION = 0x0112
-
-
-def random_resized_crop_box(
-    height: int, width: int, *, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
-) -> tuple[int, int, int, int]:
-    """A RandomResizedCrop box ``(top, left, h, w)``: area fraction from ``scale``, log-uniform aspect from ``ratio``.
-
-    Ten tries at a box that fits, then the centre crop at the nearest allowed aspect ratio (the rule of Szegedy et
-    al.'s Inception training, as torchvision implements it).
-    """
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif aspect > ratio[1]:
-        h, w = height, round(height * ratio[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def center_crop_box(height: int, width: int, *, img_size: int, crop_pct: float) -> tuple[int, int, int, int]:

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="ingest: Ray CPUs = DataLoader processes (0 = all)")
     parser.add_argument("--rounds", type=int, default=1, help="ingest: turns each path takes (ratios are medians)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def build_benchmark_config(args: argparse.Namespace, gpu: bool):  # noqa: ANN201 (fovea.config.Config)

@@ -98,7 +98,7 @@ def test_distillation_sweep_trains_its_teacher_then_searches_tau_lambda(tmp_path
         "--preset",
         "smoke",
         "tune.num_samples=1",  # the smoke preset's 4 trials and 3 epochs, cut for CI time
-        "train.epochs=2",
+        "train.epochs=1",
         "tune.search=optuna",
     ]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)

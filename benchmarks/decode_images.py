@@ -30,8 +30,10 @@ def main() -> None:
 
     shards = load_manifest(args.prepared)["splits"]["train"]["shards"]
     table = pq.read_table(shards[0], columns=["image", "label"]).slice(0, args.rows)
-    batch = {"image": np.array(table.column("image").to_pylist(), dtype=object), "label": table.column("label")}
-    batch["label"] = np.asarray(batch["label"].to_pylist())
+    batch = {
+        "image": np.array(table.column("image").to_pylist(), dtype=object),
+        "label": np.asarray(table.column("label").to_pylist()),
+    }
     rows = [{key: value[i : i + 1] for key, value in batch.items()} for i in range(len(batch["label"]))]
 
     decoders = {}

@@ -66,7 +66,7 @@ def summarize(names: list[str], out: Path) -> str:
             lines.append(f"| {name} | (no result: see {name}.log) | | | | |")
             continue
         report = json.loads(path.read_text())
-        if "paths" in report and "ratio_persistent" in report:  # --ingest-only
+        if "ratio_persistent" in report:  # --ingest-only
             ratios = f"{report['ratio']:.2f}x / {report['ratio_persistent']:.2f}x"  # against the two DataLoaders
             for index, item in enumerate(report["paths"]):
                 rate, ratio = f"{item['warm_items_per_s']:.1f}", ratios if index == 0 else ""

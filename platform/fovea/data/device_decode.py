@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from fovea.data.transforms import eval_resize_size, random_resized_crop_box
+from fovea.data.transforms import EXIF_ORIENTATION, eval_resize_size, random_resized_crop_box
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
-_EXIF_ORIENTATION = 0x0112
 
 
 def center_crop_box(height: int, width: int, *, img_size: int, crop_pct: float) -> tuple[int, int, int, int]:
@@ -41,7 +40,7 @@ def _plain_jpeg(data: bytes) -> tuple[bytes, int, int, bool]:
     """``(jpeg bytes, height, width, re-encoded)``: the bytes as they are when they are a plain RGB/greyscale JPEG
     the device decoder handles, else the image decoded and re-encoded (quality 95)."""
     with Image.open(io.BytesIO(data)) as img:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if img.format == "JPEG" else 1
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1) if img.format == "JPEG" else 1
         if img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1 and data[:2] == JPEG_MAGIC:
             return data, img.height, img.width, False
         rgb = ImageOps.exif_transpose(img).convert("RGB")

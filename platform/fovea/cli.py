@@ -201,7 +201,7 @@ def store_uri(args: argparse.Namespace) -> str:
 
 def parse_model_reference(reference: str) -> tuple[str, str | None, str | None]:
     """``NAME@ALIAS``, ``NAME/VERSION`` or their ``models:/`` forms to ``(name, version, alias)``."""
-    from fovea.distill import parse_registry_uri
+    from fovea.refs import parse_registry_uri
 
     uri = reference if reference.startswith("models:/") else f"models:/{reference}"
     try:

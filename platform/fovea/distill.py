@@ -15,7 +15,6 @@ This module imports no Ray and no MLflow: a teacher from the model registry is f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +26,6 @@ from torch import nn
 DistillType = Literal["none", "soft", "hard"]
 Outputs = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -178,18 +176,6 @@ class LoadedTeacher:
     std: tuple[float, ...]
     classes: list[str] | None = None
     details: dict[str, str] = field(default_factory=dict)
-
-
-def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` to ``(name, version, alias)``.
-
-    Raises:
-        ValueError: any other form.
-    """
-    match = _REGISTRY_URI.match(uri)
-    if match is None:
-        raise ValueError(f"{uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
-    return match["name"], match["version"], match["alias"]
 
 
 def teacher_kind(spec: str) -> Literal["registry", "file", "name"]:

@@ -220,7 +220,7 @@ def load_registry_model(uri: str, source: str, tracking_uri: str) -> EvalModel:
     The training run's recorded ``data.crop_pct`` is used when the run can be read (the registry metadata does not
     hold it).
     """
-    from fovea.distill import parse_registry_uri
+    from fovea.refs import parse_registry_uri
     from fovea.track import load_registered_model, run_params
 
     name, _, _ = parse_registry_uri(uri)
@@ -707,7 +707,7 @@ def check_evaluation(cfg: Config) -> None:
         ConfigError: one line naming the field.
     """
     from fovea.data import dataset_location, load_manifest
-    from fovea.distill import parse_registry_uri
+    from fovea.refs import parse_registry_uri
 
     spec = cfg.eval.model.strip()
     if not spec:

@@ -149,7 +149,8 @@ def check_before_start(cfg: Config) -> None:
 
 
 def _check_teacher_spec(cfg: Config) -> None:
-    from fovea.distill import parse_registry_uri, teacher_kind
+    from fovea.distill import teacher_kind
+    from fovea.refs import parse_registry_uri
     from fovea.models import check_model_name
 
     spec = cfg.distill.teacher

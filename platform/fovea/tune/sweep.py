@@ -359,7 +359,7 @@ def _maybe_bootstrap_teacher(cfg: Config, teacher_presets: Path | None) -> None:
     """Train and register ``distill.teacher`` first when it is a registry alias the registry lacks (opt-in)."""
     if not cfg.tune.bootstrap_teacher or not cfg.distill.teacher.startswith("models:/"):
         return
-    from fovea.distill import parse_registry_uri
+    from fovea.refs import parse_registry_uri
     from fovea.track import alias_exists, resolve_tracking_uri
     from fovea.train.trainer import run_training
 

@@ -16,7 +16,7 @@ from fovea.data import load_manifest, prepare_images
 from fovea.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from fovea.config import Config, ConfigError, build_config, describe_fields, flatten, parse_job_args, set_path
 from fovea.secrets import MARKER, is_secret_name, redact
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VIT_PRESETS = ROOT / "jobs" / "configs" / "vit"
 SECRET = "s3cr3t-Value-4711"
 NESTED_SECRET = "hub-pa55-0815"

@@ -244,7 +244,7 @@ def test_a_checkpoint_failure_on_a_worker_ends_the_job_in_one_line(capsys):
     def run(cfg):
         raise RunFailure(f"run {cfg.run_name()} stopped: {checkpoint_failure(error)}")
 
-    configs = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "vit"
+    configs = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "vit"
     argv = ["--preset", "smoke", "train.name=full-disk"]
     assert run_command("train_vit", configs, "", argv, check=lambda cfg: None, run=run) == 1
     assert capsys.readouterr().err == f"train_vit: run full-disk stopped: worker 0: {full}\n"

@@ -16,7 +16,7 @@ from fovea.data.prepare import run_preparation
 from fovea.data.prepare_video import check_video, read_and_check_videos
 from fovea.data.video import BadVideo
 
-SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "prepare_videos.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "pipelines" / "prepare_videos.py"
 
 
 def _pipeline_main():

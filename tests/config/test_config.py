@@ -20,7 +20,7 @@ from fovea.config import (
     set_path,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOBS = ["vit", "deit", "swin", "cvt", "vivit", "timesformer", "mvit"]
 
 

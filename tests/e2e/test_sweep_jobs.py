@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sweep_runs(uri: str) -> tuple[object, list[object]]:

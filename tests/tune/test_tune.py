@@ -18,7 +18,7 @@ from fovea.tune.report import format_table, map_axes, map_file_name, plot_map, p
 from fovea.tune.space import apply_values, grid_size, parse_dimension, parse_space, to_param_space
 from fovea.tune.sweep import TrialTableBase, check_sweep, concurrent_trials, default_sweep_name, trial_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEACHER = {"distill": {"teacher": "models:/teacher@champion"}}
 
 

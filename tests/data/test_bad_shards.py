@@ -4,7 +4,7 @@ Before a run every shard's footer is checked: a missing or unreadable one is dro
 within ``data.max_bad_shards`` per split, and the run stops with one line past it. Damage the footer check cannot see
 is met while reading: each shard is its own read task, so Ray Data's errored-block budget (what is left of the same
 ``data.max_bad_shards``) skips exactly that shard's rows, every pass, and fails the pass past it (a run: one line).
-A training run over bad shards is part of the end-to-end drill, ``tests/test_drill_e2e.py``."""
+A training run over bad shards is part of the end-to-end drill, ``tests/e2e/test_hardening_drill.py``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fovea.data.shards import (
 )
 from fovea.train.trainer import RunFailure, checked_manifest, data_failure
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import yaml
 from fovea.config import ConfigError, build_config, parse_override, set_path
 from fovea.secrets import is_secret_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 IMAGE = "REGISTRY/fovea:0.1.0"
 

@@ -1,5 +1,5 @@
 """Numeric faults: running out of rollbacks stops the run in one line; the settings are checked. The rollback itself
-runs end to end in ``tests/test_drill_e2e.py``."""
+runs end to end in ``tests/e2e/test_hardening_drill.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from fovea.config import build_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_non_finite_training_stops_the_job_in_one_line():

@@ -12,7 +12,7 @@ import pytest
 
 from fovea.data.demo_video import DEMO_ACTIONS, _motion, make_demo_videos, render_demo_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_layout_real_mp4s_and_reproducible(tmp_path: Path) -> None:

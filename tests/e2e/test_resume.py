@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:

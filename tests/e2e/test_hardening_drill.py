@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from fovea.config import parse_job_args
 from fovea.secrets import MARKER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Drill-4711"
 ENV_SECRET = "env-s3cr3t-Drill-1234"
 BATCH = 8

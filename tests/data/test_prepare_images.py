@@ -22,7 +22,7 @@ from fovea.data.demo import DEMO_CLASSES
 from fovea.data.prepare import check_image, check_labels, read_and_check_images, run_preparation
 from fovea.paths import fovea_home
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "pipelines" / "prepare_images.py"
 
 

@@ -30,7 +30,7 @@ from fovea.evaluation import DecodeImageViews, crop_offsets, evaluation_main, ru
 from fovea.models import create_model, save_model_dir
 from fovea.track import ensure_experiment, log_final_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "jobs" / "configs" / "evaluate"
 MODEL = "vit_micro_patch4_32"
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # not the model's default (ImageNet's): the recorded ones must win

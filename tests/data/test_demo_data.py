@@ -16,7 +16,7 @@ from PIL import Image
 from fovea.data import make_demo_images
 from fovea.data.demo import DEMO_CLASSES, render_demo_image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -25,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 SERVER_SCRIPT = ROOT / "cluster" / "mlflow_server.sh"

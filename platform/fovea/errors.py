@@ -1,0 +1,20 @@
+"""How an error becomes the one line a user reads: the single implementation every module shares."""
+
+from __future__ import annotations
+
+
+def first_line(err: BaseException, *, limit: int | None = None) -> str:
+    """The first non-empty line of an error's message (MLflow's ``message`` attribute first), else its class name.
+
+    Args:
+        err: the exception.
+        limit: cut the line to this many characters (None: keep it whole).
+    """
+    text = str(getattr(err, "message", "") or err).strip()
+    line = text.splitlines()[0].strip() if text else type(err).__name__
+    return line[:limit] if limit else line
+
+
+def joined_lines(err: BaseException) -> str:
+    """An error's whole message folded onto one line (pyarrow's and Pillow's may take several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__

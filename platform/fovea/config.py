@@ -383,6 +383,21 @@ class Config(_Section):
         """Every leaf as ``{"section.field": value}``, secrets redacted: the MLflow params."""
         return flatten(self.redacted())
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation batch size per worker: ``data.eval_batch_size``, or twice ``data.batch_size`` when it is 0."""
+        return self.data.eval_batch_size or 2 * self.data.batch_size
+
+    @property
+    def registered_model_name(self) -> str:
+        """The registry name the final model goes under: ``track.registered_model_name``, else the architecture."""
+        return self.track.registered_model_name or self.model.name
+
+    @property
+    def num_views(self) -> int:
+        """Video views per clip in multi-view evaluation: ``data.num_temporal_clips x data.num_spatial_crops``."""
+        return self.data.num_temporal_clips * self.data.num_spatial_crops
+
     def recipe_hash(self) -> str:
         """A digest of what shapes the trained model: every field but where it is recorded and named (``track``,
         ``tune``, ``eval``, ``job``, ``train.name``, ``train.storage_path``). Equal hashes: the same recipe."""

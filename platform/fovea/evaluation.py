@@ -963,7 +963,7 @@ def record_result(cfg: Config, result: EvaluationResult, tracking_uri: str) -> N
 
 def evaluation_main(configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:
     """``jobs/evaluate.py``'s whole command line: parse, check (exit 2 on a bad config), evaluate, print the summary."""
-    from fovea.train.trainer import run_command
+    from fovea.jobs import run_command
 
     def banner(cfg: Config) -> str:
         return f"fovea evaluate: {cfg.eval.model} on {cfg.data.path or 'the demo set'}, split {cfg.eval.split}"

@@ -29,7 +29,8 @@ from fovea.data.shards import (
     skipped_summary,
     skipped_warnings,
 )
-from fovea.train.trainer import RunFailure, checked_manifest, data_failure
+from fovea.jobs import RunFailure
+from fovea.train.trainer import checked_manifest, data_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 

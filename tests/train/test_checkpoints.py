@@ -227,7 +227,8 @@ def test_a_checkpoint_failure_on_a_worker_ends_the_job_in_one_line(capsys):
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-    from fovea.train.trainer import RunFailure, checkpoint_failure, run_command
+    from fovea.jobs import RunFailure, run_command
+    from fovea.train.trainer import checkpoint_failure
 
     full = CheckpointWriteError("could not write checkpoint /tmp/t/checkpoint.pt: No space left on device")
     failures = {

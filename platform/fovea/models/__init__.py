@@ -13,6 +13,7 @@ from fovea.models.factory import (
     is_video_model,
     list_models,
     load_weights,
+    model_statistics,
     register_video_model,
     window_fit_problem,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "list_models",
     "load_model_dir",
     "load_weights",
+    "model_statistics",
     "register_video_model",
     "save_model_dir",
     "window_fit_problem",

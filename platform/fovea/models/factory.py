@@ -66,6 +66,14 @@ def count_macs(name: str, input_shape: tuple[int, ...], **create_args: Any) -> i
     return counter.get_total_flops() // 2
 
 
+def model_statistics(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input mean and std a model was trained with: its pretrained config's, else ImageNet's (timm's default)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(pretrained_cfg.get("std", IMAGENET_DEFAULT_STD))
+
+
 def create_model(
     name: str,
     *,

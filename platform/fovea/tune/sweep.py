@@ -820,7 +820,7 @@ def sweep_main(job: str, configs_dir: str | Path, description: str = "", argv: l
     Returns:
         0 on success, 130 when interrupted (rerun to resume), 2 for a configuration problem.
     """
-    from fovea.train.trainer import run_command
+    from fovea.jobs import run_command
 
     return run_command(
         job, configs_dir, description, argv, check=check_sweep, run=lambda cfg: run_sweep(cfg, teacher_presets)

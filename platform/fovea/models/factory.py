@@ -71,7 +71,8 @@ def model_statistics(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, 
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(pretrained_cfg.get("std", IMAGENET_DEFAULT_STD))
+    mean = pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
+    return tuple(mean), tuple(pretrained_cfg.get("std", IMAGENET_DEFAULT_STD))
 
 
 def create_model(

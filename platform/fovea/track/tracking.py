@@ -733,8 +733,8 @@ def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from fovea.refs import parse_registry_uri
     from fovea.models import is_model_dir, load_model_dir
+    from fovea.refs import parse_registry_uri
 
     name, version, alias = parse_registry_uri(model_uri)
     client = _client(tracking_uri)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +144,8 @@ def check_before_start(cfg: Config) -> None:
 
 def _check_teacher_spec(cfg: Config) -> None:
     from fovea.distill import teacher_kind
-    from fovea.refs import parse_registry_uri
     from fovea.models import check_model_name
+    from fovea.refs import parse_registry_uri
 
     spec = cfg.distill.teacher
     kind = teacher_kind(spec)

@@ -148,7 +148,8 @@ def use_sdpa(model: nn.Module) -> int:
 
     timm leaves it off where it calls it experimental (Swin's window attention, with its relative position bias as
     an additive mask): those layers then build the full softmax(QK^T) matrix themselves, which costs memory and
-    rules out the fused GPU kernels. The results are the same to float rounding (``tests/models/test_attention_and_checkpointing.py``).
+    rules out the fused GPU kernels. The results are the same to float rounding
+    (``tests/models/test_attention_and_checkpointing.py``).
 
     Returns:
         How many layers were switched.

@@ -412,7 +412,7 @@ def bundle_info(info: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]
 def models_download(args: argparse.Namespace) -> int:
     """``fovea models download REF DIR``: the MLflow model files and a pickle-free weights copy."""
     from fovea.models import load_model_dir, save_model_dir
-    from fovea.track import load_registered_model
+    from fovea.sources import load_registered_model
     from fovea.track.browse import download_model_files, model_version
 
     name, version, alias = parse_model_reference(args.reference)

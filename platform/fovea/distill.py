@@ -294,7 +294,7 @@ def load_teacher_by_name(
 
 def load_teacher_from_registry(model_uri: str, *, tracking_uri: str) -> LoadedTeacher:
     """A teacher registered in MLflow (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``), via ``fovea.track``."""
-    from fovea.track import load_registered_model
+    from fovea.sources import load_registered_model
 
     model, info = load_registered_model(model_uri, tracking_uri)
     mean, std = _statistics(model)

@@ -221,7 +221,8 @@ def load_registry_model(uri: str, source: str, tracking_uri: str) -> EvalModel:
     hold it).
     """
     from fovea.refs import parse_registry_uri
-    from fovea.track import load_registered_model, run_params
+    from fovea.sources import load_registered_model
+    from fovea.track import run_params
 
     name, _, _ = parse_registry_uri(uri)
     module, info = load_registered_model(uri, tracking_uri)

@@ -70,7 +70,7 @@ def test_clips_train_and_report_both_evaluations(clips, tmp_path):
     assert run.data.metrics["val_samples"] == load_manifest(clips)["splits"]["val"]["count"] == 8
     assert run.data.params["data.num_frames"] == "4"
 
-    from fovea.track import load_registered_model
+    from fovea.sources import load_registered_model
 
     model, info = load_registered_model("models:/clip-net/1", tracking_uri)
     assert info["classes"] == ["grow", "shrink"] and info["num_frames"] == 4 and info["sampling"] == "dense"

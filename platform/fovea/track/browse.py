@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fovea.track.tracking import _client, _first_line, _use_store, replay_fallback
+from fovea.errors import first_line
+from fovea.track.tracking import _client, _use_store, replay_fallback
 
 ALL_EXPERIMENTS = "all"
 MIN_RUN_PREFIX = 6
@@ -31,7 +32,7 @@ def _mlflow_errors_as_value_errors(call: Callable[[], _Result], context: str) ->
     try:
         return call()
     except MlflowException as err:
-        raise ValueError(f"{context}: {_first_line(err)}") from None
+        raise ValueError(f"{context}: {first_line(err)}") from None
 
 
 def _iso_time(milliseconds: int | None) -> str | None:
@@ -103,7 +104,7 @@ def _registered_model(client: Any, name: str) -> Any:
         return client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise ValueError(f"registered model {name!r}: {_first_line(err)}") from None
+            raise ValueError(f"registered model {name!r}: {first_line(err)}") from None
     names = sorted(model.name for model in _paged(lambda token: client.search_registered_models(page_token=token)))
     known = f"registered models: {', '.join(names)}" if names else "the registry has no models yet"
     raise ValueError(f"no registered model {name!r} ({known})")

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fovea.errors import first_line
 from fovea.secrets import redact
-from fovea.track.tracking import MAX_BATCH, _client, _first_line, ensure_experiment, param_batches
+from fovea.track.tracking import MAX_BATCH, _client, ensure_experiment, param_batches
 
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 MAX_ANNOTATED_CLASSES = 30  # above this many classes the confusion plot's cells are too small for numbers
@@ -182,7 +183,7 @@ def log_evaluation(
             try:
                 found = client.get_model_version(registered_model, version)
             except MlflowException as err:
-                print(f"warning: could not read {registered_model} version {version} ({_first_line(err)})")
+                print(f"warning: could not read {registered_model} version {version} ({first_line(err)})")
             if found is not None and link_version:
                 model_id = _version_model_id(client, found)
         for batch in param_batches(params):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fovea.track.tracking import _client, _first_line
+from fovea.errors import first_line
+from fovea.track.tracking import _client
 
 
 def _same_dataset(tags: dict[str, str], dataset: str, manifest_hash: str) -> bool:
@@ -123,7 +124,7 @@ def registered_version_of_run(uri: str, name: str, run_id: str) -> str | None:
     try:
         versions = _client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException as err:
-        print(f"warning: could not search the registry ({_first_line(err)})")
+        print(f"warning: could not search the registry ({first_line(err)})")
         return None
     return str(max(int(v.version) for v in versions)) if versions else None
 

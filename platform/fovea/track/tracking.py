@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fovea.errors import first_line
 from fovea.secrets import redact, uri_credentials
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class RunLogger:
         ready = self._opened.wait(timeout=self.start_timeout_s)
         self.blocking_s += time.perf_counter() - started
         if not ready or self._open_error is not None or self._run_id is None:
-            reason = _first_line(self._open_error) if self._open_error else f"no answer in {self.start_timeout_s} s"
+            reason = first_line(self._open_error) if self._open_error else f"no answer in {self.start_timeout_s} s"
             raise RuntimeError(f"could not open an MLflow run at {self.uri}: {reason}")
         return self._run_id
 
@@ -295,7 +296,7 @@ class RunLogger:
             self._open(**opening)
         except Exception as err:  # reported by run_id; what was buffered goes to the fallback file on close
             self._open_error = err
-            print(f"warning: could not open the MLflow run at {self.uri} ({_first_line(err)[:200]})", flush=True)
+            print(f"warning: could not open the MLflow run at {self.uri} ({first_line(err)[:200]})", flush=True)
             return
         finally:
             self.send_s += time.perf_counter() - started
@@ -337,7 +338,7 @@ class RunLogger:
                     self._open_error = err  # e.g. the run was deleted: stop; close() keeps the buffer in a file
                     with self._cond:
                         self._stopped = True
-                    print(f"warning: could not reopen MLflow run {self._run_id} ({_first_line(err)[:200]})", flush=True)
+                    print(f"warning: could not reopen MLflow run {self._run_id} ({first_line(err)[:200]})", flush=True)
                     return
                 self._queue_backfill()
                 self._reopen = None
@@ -366,7 +367,7 @@ class RunLogger:
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 print(
-                    f"warning: MLflow tracking store unreachable ({type(err).__name__}: {_first_line(err)[:160]}); "
+                    f"warning: MLflow tracking store unreachable ({type(err).__name__}: {first_line(err)[:160]}); "
                     f"training goes on, {self.pending()} metrics/artifacts held and retried",
                     flush=True,
                 )
@@ -712,28 +713,24 @@ def _rebuildable(metadata: dict[str, Any]) -> bool:
     return bool(metadata.get("model_name")) and isinstance(metadata.get("create_kwargs"), dict)
 
 
-def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[str, Any]]:
-    """A registered PyTorch model and what fovea recorded about it, from ``models:/NAME/VERSION`` or ``@ALIAS``.
+def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Download a registered version's pickle-free copy, from ``models:/NAME/VERSION`` or ``@ALIAS``, into ``dst``.
 
-    Nothing is unpickled: the version's pickle-free copy that ``log_final_model`` adds (``extra_files/weights.pt``,
-    checked against its ``.sha256``, read with ``torch.load(weights_only=True)``, and ``fovea_model.json``, whose
-    ``model_name`` and ``create_kwargs`` rebuild the architecture) is loaded, never the pickled MLflow model. A
-    version without that copy (registered by other tools, or by fovea before it logged one) is refused.
+    Nothing is unpickled and nothing is built here: ``log_final_model`` adds the copy (``extra_files/weights.pt``
+    with its ``.sha256``, and ``fovea_model.json``) to every version fovea registers; ``fovea.sources`` loads it.
 
     Returns:
-        ``(module, info)``: the ``nn.Module`` on the CPU in eval mode, and ``info`` with ``version`` (the alias
-        resolved), ``run_id``, and what was recorded: ``model_name``, ``create_kwargs``, ``classes``, ``mean``,
-        ``std``, ``img_size`` and for video the clip sampling. Classes not recorded with the version come from the
-        run's ``model_info/classes.json`` when it has one.
+        ``(folder, info)``: the downloaded folder, and ``info`` with ``version`` (the alias resolved), ``run_id``,
+        ``plain_uri`` (the copy's artifact URI, for messages) and ``run_classes`` (the run's
+        ``model_info/classes.json``, or None).
 
     Raises:
-        ValueError: one line, for a name, version or alias the registry does not have, a version with no
-            pickle-free copy, or a copy that does not verify or load.
+        ValueError: one line, for a name, version or alias the registry does not have, or a version with no
+            pickle-free copy.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from fovea.models import is_model_dir, load_model_dir
     from fovea.refs import parse_registry_uri
 
     name, version, alias = parse_registry_uri(model_uri)
@@ -741,35 +738,26 @@ def load_registered_model(model_uri: str, tracking_uri: str) -> tuple[Any, dict[
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as err:
-        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({_first_line(err)})") from None
+        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({first_line(err)})") from None
     _use_store(tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     plain_uri = f"models:/{name}/{found.version}/{PLAIN_DIR}"
-    with tempfile.TemporaryDirectory(prefix="fovea-model-") as tmp:
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=plain_uri, dst_path=str(dst)))
+    except (MlflowException, OSError):
+        folder = None
+    if folder is None or not ((folder / "weights.pt").is_file() and (folder / "fovea_model.json").is_file()):
+        raise ValueError(
+            f"{model_uri}: version {found.version} has no pickle-free weights ({PLAIN_DIR}/weights.pt and "
+            "fovea_model.json, which fovea logs with every version it registers); fovea never unpickles a "
+            "registered MLflow model, so it cannot load this one"
+        )
+    run_classes = None
+    if found.run_id:
         try:
-            folder = mlflow.artifacts.download_artifacts(artifact_uri=plain_uri, dst_path=tmp)
-        except (MlflowException, OSError):
-            folder = None
-        if folder is None or not is_model_dir(folder):
-            raise ValueError(
-                f"{model_uri}: version {found.version} has no pickle-free weights ({PLAIN_DIR}/weights.pt and "
-                "fovea_model.json, which fovea logs with every version it registers); fovea never unpickles a "
-                "registered MLflow model, so it cannot load this one"
-            )
-        try:
-            module, recorded = load_model_dir(folder)
-        except (ValueError, RuntimeError, TypeError, KeyError) as err:  # corrupt copy, or weights that do not fit
-            raise ValueError(f"{model_uri}: {_first_line(err).replace(str(folder), plain_uri)}") from None
-    info: dict[str, Any] = {**recorded, "version": str(found.version), "run_id": found.run_id}
-    if "classes" not in info and found.run_id:
-        try:
-            path = client.download_artifacts(found.run_id, "model_info/classes.json")
-            info["classes"] = json.loads(Path(path).read_text())
+            classes_file = client.download_artifacts(found.run_id, "model_info/classes.json")
+            run_classes = json.loads(Path(classes_file).read_text())
         except (MlflowException, OSError, ValueError):
             pass  # its classes are unknown, only their count can be checked
-    return module, info
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "message", "") or err)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return folder, {"version": str(found.version), "run_id": found.run_id, "plain_uri": plain_uri,
+                    "run_classes": run_classes}

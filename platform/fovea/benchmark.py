@@ -98,7 +98,7 @@ def input_shape(cfg: Config) -> tuple[int, ...]:
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The model the run trains: the architecture fovea records for it (``model_create_args``), with the run's
     dropout and activation checkpointing, as the worker builds it."""
-    from fovea.train.trainer import model_create_args
+    from fovea.recipe import model_create_args
 
     model = create_model(
         cfg.model.name,

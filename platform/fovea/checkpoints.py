@@ -317,3 +317,11 @@ def load_run_checkpoint(
         return state, candidate, warning
     earlier = f"; no earlier one verifies either: {' | '.join(failed)}" if failed else "; the run has no earlier one"
     raise CheckpointError(f"{first_error}{earlier}")
+
+
+def checkpoint_location(checkpoint: Any) -> str:
+    """A Ray checkpoint's place as a user writes it: a local path, or ``s3://bucket/...`` for one in an object store
+    (``Checkpoint.path`` is the path inside its filesystem)."""
+    filesystem = getattr(checkpoint, "filesystem", None)
+    scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(getattr(filesystem, "type_name", "local"), "")
+    return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path

@@ -155,6 +155,7 @@ def load_checkpoint_model(path: Path, source: str) -> EvalModel:
     """
     from fovea.checkpoints import load_verified
     from fovea.models import create_model, is_video_model
+    from fovea.recipe import checkpoint_create_args
 
     state = load_verified(path)  # a CheckpointError (ValueError): unreadable, corrupt, or needing unpickling
     if not (isinstance(state, dict) and {"model", "config", "classes"} <= set(state)):
@@ -162,15 +163,8 @@ def load_checkpoint_model(path: Path, source: str) -> EvalModel:
     config = json.loads(state["config"])
     model_cfg, data_cfg = config["model"], config.get("data", {})
     name, classes = model_cfg["name"], list(state["classes"])
-    # the arguments the training worker built the model with (fovea.train.trainer.model_create_args)
-    create_kwargs: dict[str, Any] = {"num_classes": len(classes), "img_size": model_cfg.get("img_size")}
-    if model_cfg.get("window_size") is not None:
-        create_kwargs["window_size"] = model_cfg["window_size"]
     video = is_video_model(name)
-    if video:
-        create_kwargs["num_frames"] = data_cfg.get("num_frames", 16)
-    create_kwargs.update(model_cfg.get("kwargs") or {})
-    module = create_model(name, **create_kwargs)
+    module = create_model(name, **checkpoint_create_args(state, config, num_classes=len(classes)))
     module.load_state_dict(state["model"])
     mean, std = _default_statistics(module)
     inputs: dict[str, Any] = {
@@ -863,7 +857,7 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
     multi_views = views_per_sample(cfg, video=video, multi=True)
     want_single = cfg.eval.views in ("single", "both")
     want_multi = cfg.eval.views == "multi" or (cfg.eval.views == "both" and multi_views > 1)
-    batch_size = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    batch_size = cfg.eval_batch_size
     mean, std = cfg.data.mean or (), cfg.data.std or ()
 
     def score(multi: bool) -> ModeScores:

@@ -102,7 +102,7 @@ def test_the_summary_names_a_checkpoint_in_s3_by_its_uri(s3_endpoint):
     import pyarrow.fs as fs
     from ray.train import Checkpoint
 
-    from fovea.train.trainer import checkpoint_location
+    from fovea.checkpoints import checkpoint_location
 
     bucket = fs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1")
     assert checkpoint_location(Checkpoint("runs/fovea/r1/checkpoint_0", filesystem=bucket)) == (

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fovea.checkpoints import checkpoint_location
 from fovea.config import Config, ConfigError
 from fovea.jobs import RunFailure, run_command
 from fovea.paths import fovea_home
+from fovea.recipe import model_create_args
 
 
 def checkpoint_failure(err: BaseException) -> str | None:
@@ -97,14 +99,6 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def checkpoint_location(checkpoint: Any) -> str:
-    """A Ray checkpoint's place as a user writes it: a local path, or ``s3://bucket/...`` for one in an object store
-    (``Checkpoint.path`` is the path inside its filesystem)."""
-    filesystem = getattr(checkpoint, "filesystem", None)
-    scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(getattr(filesystem, "type_name", "local"), "")
-    return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
-
-
 def check_before_start(cfg: Config) -> None:
     """Checks that need no Ray: the model exists, the dataset folder is prepared, a resume is consistent.
 
@@ -139,10 +133,10 @@ def check_before_start(cfg: Config) -> None:
     if cfg.model.pretrained and cfg.model.checkpoint:
         raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
     if cfg.distill.type != "none":
-        _check_teacher_spec(cfg)
+        check_teacher_spec(cfg)
 
 
-def _check_teacher_spec(cfg: Config) -> None:
+def check_teacher_spec(cfg: Config) -> None:
     from fovea.distill import teacher_kind
     from fovea.models import check_model_name
     from fovea.refs import parse_registry_uri
@@ -563,7 +557,7 @@ def log_final_model_of(
     model.load_state_dict(state["model"])
     model.eval()
     mean, std = normalization(model, cfg.data)
-    registered_name = (cfg.track.registered_model_name or cfg.model.name) if cfg.track.log_model else None
+    registered_name = cfg.registered_model_name if cfg.track.log_model else None
     version, promotion = None, ""
     if cfg.track.log_model:
         size = cfg.model.img_size
@@ -649,22 +643,6 @@ def log_final_model_of(
                 )
     finish_run(tracking_uri, run_id)
     return registered_name, version, promotion
-
-
-def model_create_args(cfg: Config, *, num_classes: int) -> dict[str, Any]:
-    """The keyword arguments ``create_model(cfg.model.name, **args)`` rebuilds the trained architecture with (no
-    weights: those come from the checkpoint); recorded in the registered model's metadata as ``create_kwargs``."""
-    args: dict[str, Any] = {"num_classes": num_classes, "img_size": cfg.model.img_size, **model_input_args(cfg)}
-    if cfg.model.window_size is not None:
-        args["window_size"] = cfg.model.window_size
-    return {**args, **cfg.model.kwargs}
-
-
-def model_input_args(cfg: Config) -> dict[str, Any]:
-    """Constructor arguments a model takes from the data config: ``num_frames`` for video models."""
-    from fovea.models import is_video_model
-
-    return {"num_frames": cfg.data.num_frames} if is_video_model(cfg.model.name) else {}
 
 
 def job_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:

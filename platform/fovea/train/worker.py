@@ -13,11 +13,12 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from fovea.checkpoints import load_run_checkpoint, save_checkpoint
+from fovea.checkpoints import checkpoint_location, load_run_checkpoint, save_checkpoint
 from fovea.config import Config
 from fovea.data.device_decode import decode_batch
 from fovea.distill import DistillationLoss, Teacher, use_distillation_token
 from fovea.models import create_model
+from fovea.recipe import model_input_args
 from fovea.train.loop import (
     FUSED_OPTIMIZERS,
     NanAtSteps,
@@ -42,7 +43,6 @@ from fovea.train.loop import (
     train_one_epoch,
     unwrap,
 )
-from fovea.train.trainer import checkpoint_location, model_input_args
 
 CURVES_EVERY_S = 300.0  # rank 0 redraws training_curves.png at most this often (MLflow's UI charts metrics live)
 
@@ -230,12 +230,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    eval_batch_size = cfg.data.eval_batch_size or 2 * batch_size
+    eval_batch_size = cfg.eval_batch_size
 
     def val_batches() -> Any:
         return device_batches(val_shard, batch_size=eval_batch_size)
 
-    num_views = cfg.data.num_temporal_clips * cfg.data.num_spatial_crops
+    num_views = cfg.num_views
     views_shard = ray.train.get_dataset_shard("val_views") if loop_config.get("multi_view") else None
 
     if teacher is not None and checkpoint is None:

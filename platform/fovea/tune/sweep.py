@@ -255,7 +255,7 @@ def check_sweep(cfg: Config) -> list[Dimension]:
     Raises:
         ConfigError: one line naming the field.
     """
-    from fovea.train.trainer import _check_teacher_spec, check_before_start
+    from fovea.train.trainer import check_before_start, check_teacher_spec
 
     dimensions = parse_space(cfg)
     check_before_start(cfg)
@@ -267,7 +267,7 @@ def check_sweep(cfg: Config) -> list[Dimension]:
     if _may_distill(cfg, dimensions) and cfg.distill.type == "none":
         if not cfg.distill.teacher:
             raise ConfigError("tune.space.distill.type: trials that distill need distill.teacher")
-        _check_teacher_spec(cfg)
+        check_teacher_spec(cfg)
     for dimension in dimensions:  # a kwarg the constructor does not take fails every trial: say so now
         if dimension.path.startswith("model.kwargs."):
             values = {dimension.path: dimension.probes[0]}

@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fovea.errors import first_line
+
 ELLIPSIS = "…"
 DATASET_SEARCH_DEPTH = 4
 KEY_RUN_TAGS = (
@@ -429,8 +431,7 @@ def models_download(args: argparse.Namespace) -> int:
     try:
         load_model_dir(directory)  # proves the copy rebuilds: the recorded architecture takes these weights
     except (RuntimeError, TypeError, KeyError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CommandError(f"the weights copy in {directory} does not load ({first_line})") from None
+        raise CommandError(f"the weights copy in {directory} does not load ({first_line(err)})") from None
     if args.json:
         print_json({"directory": str(directory), "mlflow_model": str(mlflow_dir), **bundle})
         return 0

@@ -17,4 +17,4 @@ def first_line(err: BaseException, *, limit: int | None = None) -> str:
 
 def joined_lines(err: BaseException) -> str:
     """An error's whole message folded onto one line (pyarrow's and Pillow's may take several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return " ".join(str(err).split()) or type(err).__name__

@@ -19,11 +19,11 @@ from fovea.distill import (
     check_teacher,
     head_logits,
     load_teacher,
-    parse_registry_uri,
     teacher_kind,
     use_distillation_token,
 )
 from fovea.models import create_model
+from fovea.refs import parse_registry_uri
 from fovea.train.loop import Normalize, evaluate, train_one_epoch
 from fovea.train.trainer import check_before_start
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fovea.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, load_manifest, write_manifest
+from fovea.errors import joined_lines
 
 SPLITS = ("train", "val")
 # Names accepted for a split, in folder layouts and in the ``split`` column of CSV/JSON lists.
@@ -311,22 +312,22 @@ def check_image(data: bytes, *, max_side: int | None = None, jpeg_quality: int =
                 try:
                     image.load()
                 except Image.DecompressionBombError as error:
-                    return b"", 0, 0, f"image too large: {_one_line(error)}"
+                    return b"", 0, 0, f"image too large: {joined_lines(error)}"
                 except Exception as error:  # any decoder failure means a damaged file
-                    return b"", 0, 0, f"truncated or corrupt image: {_one_line(error)}"
+                    return b"", 0, 0, f"truncated or corrupt image: {joined_lines(error)}"
                 width, height = image.size
                 if max_side is None or max(width, height) <= max_side:
                     return data, width, height, ""
                 try:
                     return (*_shrink(image, max_side, jpeg_quality), "")
                 except Exception as error:  # an image PIL decodes but cannot convert is unusable
-                    return b"", 0, 0, f"cannot re-encode image: {_one_line(error)}"
+                    return b"", 0, 0, f"cannot re-encode image: {joined_lines(error)}"
     except UnidentifiedImageError:
         return b"", 0, 0, "not an image: cannot identify image file"
     except Image.DecompressionBombError as error:
-        return b"", 0, 0, f"image too large: {_one_line(error)}"
+        return b"", 0, 0, f"image too large: {joined_lines(error)}"
     except Exception as error:  # header parsing can fail in many ways on damaged files
-        return b"", 0, 0, f"truncated or corrupt image: {_one_line(error)}"
+        return b"", 0, 0, f"truncated or corrupt image: {joined_lines(error)}"
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
 
@@ -348,11 +349,6 @@ def _shrink(image: Image.Image, max_side: int, jpeg_quality: int) -> tuple[bytes
     buffer = io.BytesIO()
     resized.save(buffer, format="JPEG", quality=jpeg_quality)
     return buffer.getvalue(), size[0], size[1]
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception's message on one line (manifest reasons and summaries print one line per file)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def read_and_check_images(
@@ -382,7 +378,7 @@ def read_and_check_images(
             with open(path, "rb") as file:
                 data = file.read()
         except OSError as error:
-            image, width, height, reason = b"", 0, 0, f"unreadable file: {error.strerror or _one_line(error)}"
+            image, width, height, reason = b"", 0, 0, f"unreadable file: {error.strerror or joined_lines(error)}"
         else:
             image, width, height, reason = check_image(data, max_side=max_side, jpeg_quality=jpeg_quality)
         images.append(image)

@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from fovea.data.clips import STORAGES
-from fovea.data.prepare import _one_line, check_output_dir, run_preparation, scan_source
+from fovea.data.prepare import check_output_dir, run_preparation, scan_source
 from fovea.data.video import BadVideo, decode_frames, probe_video, read_bytes
+from fovea.errors import joined_lines
 
 TOO_SHORT = ("pad", "reject")
 
@@ -156,7 +157,7 @@ def read_and_check_videos(batch: pa.Table | Mapping[str, Sequence[Any]], **optio
         try:
             row = {**check_video(read_bytes(path), start=start, end=end, **options), "error": ""}
         except OSError as error:
-            row = {**empty, "note": "", "error": f"unreadable file: {error.strerror or _one_line(error)}"}
+            row = {**empty, "note": "", "error": f"unreadable file: {error.strerror or joined_lines(error)}"}
         except BadVideo as error:
             row = {**empty, "note": "", "error": str(error)}
         rows.append(row)

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fovea.data.manifest import is_uri, location_label
+from fovea.errors import joined_lines
 
 if TYPE_CHECKING:
     import ray.data
@@ -97,7 +98,7 @@ def _footer_rows(path: str, filesystem: Any) -> tuple[int, str]:
     except FileNotFoundError:
         return 0, "no such file"
     except (OSError, pa.ArrowException) as err:
-        return 0, _one_line(err)
+        return 0, joined_lines(err)
 
 
 def skipped_summary(manifest: dict[str, Any]) -> tuple[int, int]:
@@ -180,7 +181,7 @@ def _shard_files_class() -> type:
             except FileNotFoundError:
                 raise ShardReadError(f"shard file {path} could not be read: no such file") from None
             except OSError as err:
-                raise ShardReadError(f"shard file {path} could not be read: {_one_line(err)}") from None
+                raise ShardReadError(f"shard file {path} could not be read: {joined_lines(err)}") from None
 
         def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
             import pyarrow as pa
@@ -191,7 +192,7 @@ def _shard_files_class() -> type:
                 for group in range(shard.num_row_groups):
                     yield shard.read_row_group(group, columns=self.columns)
             except (OSError, pa.ArrowException) as err:
-                raise ShardReadError(f"shard file {path} could not be read: {_one_line(err)}") from None
+                raise ShardReadError(f"shard file {path} could not be read: {joined_lines(err)}") from None
 
     return ShardFiles
 
@@ -227,8 +228,3 @@ def paths_and_filesystem(shards: list[str]) -> tuple[list[str], Any]:
     filesystem, first = fs.FileSystem.from_uri(shards[0])
     prefix = len(shards[0].partition("?")[0]) - len(first)  # "s3://" for s3://bucket/key -> bucket/key
     return [shard.partition("?")[0][prefix:] for shard in shards], filesystem
-
-
-def _one_line(err: BaseException) -> str:
-    """An error's text on one line (pyarrow's may take several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__

@@ -371,7 +371,6 @@ class RunLogger:
                     f"training goes on, {self.pending()} metrics/artifacts held and retried",
                     flush=True,
                 )
-            self._warned = True
         else:
             if self._spooled:
                 self._spool_path().unlink(missing_ok=True)

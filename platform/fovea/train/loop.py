@@ -212,10 +212,6 @@ class EpochStats:
     skipped_batches: int = 0
     longest_skip_run: int = 0
 
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
-
 
 def _micro_batches(batches: Iterable[dict[str, torch.Tensor]], accum_steps: int) -> Iterator[list[dict[str, Any]]]:
     group: list[dict[str, Any]] = []

@@ -13,7 +13,6 @@ Ray Tune's own, with its conventions for the ends of integer ranges.
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -243,12 +242,6 @@ def grid_size(dimensions: list[Dimension], search: str) -> int:
     """Configs in one pass over the grid: the product of the grid sizes (all list dimensions for search=grid)."""
     sizes = [len(d.args) for d in dimensions if d.kind == "grid" or (search == "grid" and d.kind == "choice")]
     return int(__import__("math").prod(sizes)) if sizes else 1
-
-
-def grid_points(dimensions: list[Dimension]) -> list[dict[str, Any]]:
-    """Every combination of the list dimensions (for tune.search=grid)."""
-    names = [d.path for d in dimensions]
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(d.args for d in dimensions))]
 
 
 def to_param_space(dimensions: list[Dimension], search: str) -> dict[str, Any]:

@@ -187,13 +187,6 @@ def teacher_kind(spec: str) -> Literal["registry", "file", "name"]:
     return "name"
 
 
-def _statistics(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
-
-
 def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> LoadedTeacher:
     """A teacher from a fovea training checkpoint (``checkpoint.pt`` or the folder holding it).
 
@@ -232,7 +225,9 @@ def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> L
         **model_cfg.get("kwargs", {}),
     )
     model.load_state_dict(state["model"])
-    mean, std = _statistics(model)
+    from fovea.models import model_statistics
+
+    mean, std = model_statistics(model)
     return LoadedTeacher(
         model=model.eval(),
         source=str(path),
@@ -285,7 +280,9 @@ def load_teacher_by_name(
         if loaded["skipped"] or loaded["missing"]:
             keys = ", ".join((loaded["skipped"] + loaded["missing"])[:4])
             raise ValueError(f"{checkpoint}: its classifier does not fit {num_classes} classes ({keys})")
-    mean, std = _statistics(model)
+    from fovea.models import model_statistics
+
+    mean, std = model_statistics(model)
     return LoadedTeacher(
         model=model.eval(), source=checkpoint or f"{name} (published weights)", mean=mean, std=std,
         details={"model_name": name},
@@ -297,7 +294,9 @@ def load_teacher_from_registry(model_uri: str, *, tracking_uri: str) -> LoadedTe
     from fovea.sources import load_registered_model
 
     model, info = load_registered_model(model_uri, tracking_uri)
-    mean, std = _statistics(model)
+    from fovea.models import model_statistics
+
+    mean, std = model_statistics(model)
     return LoadedTeacher(
         model=model,
         source=f"{model_uri} (version {info['version']})",

@@ -133,16 +133,6 @@ def resolve_path_source(spec: str) -> tuple[SourceKind, Path]:
     )
 
 
-def _default_statistics(module: nn.Module) -> tuple[list[float], list[float]]:
-    """The model's own normalisation (ImageNet's unless its pretrained config says otherwise)."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    pretrained_cfg = getattr(module, "pretrained_cfg", None) or {}
-    return list(pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)), list(
-        pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
-    )
-
-
 def _recorded_inputs(info: dict[str, Any]) -> dict[str, Any]:
     return {key: info[key] for key in INPUT_KEYS if info.get(key) is not None}
 
@@ -166,7 +156,9 @@ def load_checkpoint_model(path: Path, source: str) -> EvalModel:
     video = is_video_model(name)
     module = create_model(name, **checkpoint_create_args(state, config, num_classes=len(classes)))
     module.load_state_dict(state["model"])
-    mean, std = _default_statistics(module)
+    from fovea.models import model_statistics
+
+    mean, std = map(list, model_statistics(module))
     inputs: dict[str, Any] = {
         "img_size": model_cfg.get("img_size"),
         "mean": list(data_cfg.get("mean") or mean),
@@ -192,7 +184,9 @@ def load_folder_model(path: Path, source: str) -> EvalModel:
     from fovea.models import load_model_dir
 
     module, info = load_model_dir(path)
-    mean, std = _default_statistics(module)
+    from fovea.models import model_statistics
+
+    mean, std = map(list, model_statistics(module))
     inputs = {"mean": mean, "std": std, **_recorded_inputs(info)}
     return EvalModel(
         module=module,
@@ -220,7 +214,9 @@ def load_registry_model(uri: str, source: str, tracking_uri: str) -> EvalModel:
 
     name, _, _ = parse_registry_uri(uri)
     module, info = load_registered_model(uri, tracking_uri)
-    mean, std = _default_statistics(module)
+    from fovea.models import model_statistics
+
+    mean, std = map(list, model_statistics(module))
     inputs = {"mean": mean, "std": std, **_recorded_inputs(info)}
     run_id = info.get("run_id") or None
     if run_id:

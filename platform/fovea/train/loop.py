@@ -63,10 +63,10 @@ def apply_mixup(mixup: Mixup, inputs: torch.Tensor, targets: torch.Tensor) -> tu
 
 def normalization(model: nn.Module, data_cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input mean and std: ``data.mean``/``data.std`` when set, else the model's own (ImageNet's by default)."""
-    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = data_cfg.mean or pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
-    std = data_cfg.std or pretrained_cfg.get("std", (0.229, 0.224, 0.225))
-    return tuple(mean), tuple(std)
+    from fovea.models import model_statistics
+
+    model_mean, model_std = model_statistics(model)
+    return tuple(data_cfg.mean or model_mean), tuple(data_cfg.std or model_std)
 
 
 def build_optimizer(model: nn.Module, optim_cfg: Any, *, fused: bool = False) -> torch.optim.Optimizer:

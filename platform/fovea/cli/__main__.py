@@ -1,0 +1,7 @@
+"""``python -m fovea.cli``: the ``fovea`` command."""
+
+import sys
+
+from fovea.cli.main import main
+
+sys.exit(main())

@@ -150,15 +150,15 @@ def test_params_tags_resume_and_finish(logger):
 def test_a_run_resumed_while_the_store_is_down_trains_on_and_reopens_later(logger, monkeypatch, capsys):
     """A restarted worker (a lost node) reopens its run while the tracking server is still down: it must not wait for
     the store, nor fail; the run is reopened and the metrics sent once the store is back."""
-    from fovea.track import tracking
+    from fovea.track import store
 
     uri, first = logger
     assert first.close("FAILED", timeout=10) is None
-    real_client = tracking._client
+    real_client = store.client
     broken = real_client(uri)
     for name in ("update_run", "set_tag", "log_batch"):
         monkeypatch.setattr(broken, name, _down)
-    monkeypatch.setattr(tracking, "_client", lambda _uri: broken)
+    monkeypatch.setattr(store, "client", lambda _uri: broken)
     started = time.perf_counter()
     resumed = RunLogger(uri, run_id=first.run_id, experiment_id="", run_name="", tags={"attempt": "2"},
                         flush_interval_s=0.2, start_timeout_s=0.5)  # fmt: skip
@@ -212,7 +212,7 @@ def test_a_logger_killed_in_an_outage_leaves_its_buffer_to_the_next_attempt(logg
 
 
 def test_a_store_that_refuses_a_request_is_not_retried(tmp_path):
-    from fovea.track.tracking import _is_connection_problem, _with_retries
+    from fovea.track.store import is_connection_problem, with_retries
 
     calls = []
 
@@ -224,9 +224,9 @@ def test_a_store_that_refuses_a_request_is_not_retried(tmp_path):
         raise MlflowException("bad password", error_code=UNAUTHENTICATED)
 
     with pytest.raises(Exception, match="bad password"):
-        _with_retries(refused, timeout=30)
+        with_retries(refused, timeout=30)
     assert len(calls) == 1  # a 401 is an answer, not an outage
-    assert _is_connection_problem(ConnectionError("refused"))
+    assert is_connection_problem(ConnectionError("refused"))
 
 
 def test_curves_figure(tmp_path):

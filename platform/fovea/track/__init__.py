@@ -1,6 +1,8 @@
 """MLflow tracking and registry: the only package in fovea that imports mlflow."""
 
+from fovea.track.curves import log_curves_from_run, plot_curves
 from fovea.track.evaluation import log_evaluation, run_params
+from fovea.track.models import download_registered_model, log_final_model
 from fovea.track.registry import (
     alias_exists,
     champion_decision,
@@ -8,22 +10,16 @@ from fovea.track.registry import (
     registered_version_of_run,
     set_alias,
 )
-from fovea.track.sweep import end_trial_run, log_sweep_results, start_sweep_run, trial_run
-from fovea.track.tracking import (
+from fovea.track.run_logger import RunLogger, fallback_file, replay_fallback
+from fovea.track.store import (
     DEFAULT_TRACKING_URI,
     TRAIN_NAME_TAG,
-    RunLogger,
-    download_registered_model,
     ensure_experiment,
-    fallback_file,
     finish_run,
-    log_curves_from_run,
-    log_final_model,
-    plot_curves,
-    replay_fallback,
     resolve_tracking_uri,
     wait_for_store,
 )
+from fovea.track.sweep import end_trial_run, log_sweep_results, start_sweep_run, trial_run
 
 __all__ = [
     "DEFAULT_TRACKING_URI",

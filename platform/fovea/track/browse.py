@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fovea.errors import first_line
-from fovea.track.tracking import _client, _use_store, replay_fallback
+from fovea.track import store
+from fovea.track.run_logger import replay_fallback
 
 ALL_EXPERIMENTS = "all"
 MIN_RUN_PREFIX = 6
@@ -123,7 +124,7 @@ def list_models(uri: str) -> list[dict[str, Any]]:
         One dict per model: ``name``, ``description``, ``tags``, ``versions`` (count), ``latest_version``,
         ``aliases`` (``{alias: version}``), ``champion_val_top1`` (float or None), ``created``, ``updated``.
     """
-    client = _client(uri)
+    client = store.client(uri)
 
     def collect() -> list[dict[str, Any]]:
         rows = []
@@ -156,7 +157,7 @@ def model_versions(uri: str, name: str) -> list[dict[str, Any]]:
     Raises:
         ValueError: no such model (one line).
     """
-    client = _client(uri)
+    client = store.client(uri)
     aliases = _registered_model(client, name).aliases or {}
     return _mlflow_errors_as_value_errors(lambda: _versions_of(client, name, aliases), f"versions of {name!r}")
 
@@ -172,7 +173,7 @@ def model_details(uri: str, name: str) -> dict[str, Any]:
     Raises:
         ValueError: no such model (one line).
     """
-    client = _client(uri)
+    client = store.client(uri)
     model = _registered_model(client, name)
     aliases = {alias: str(version) for alias, version in sorted((model.aliases or {}).items())}
     versions = _mlflow_errors_as_value_errors(lambda: _versions_of(client, name, aliases), f"versions of {name!r}")
@@ -203,7 +204,7 @@ def model_version(uri: str, name: str, *, version: str | None = None, alias: str
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = store.client(uri)
     model = _registered_model(client, name)
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
@@ -233,7 +234,7 @@ def promote(uri: str, name: str, version: str, alias: str, *, user: str) -> str 
     previous = _mlflow_errors_as_value_errors(
         lambda: set_alias(uri, name, alias, version), f"cannot set {name}@{alias}"
     )
-    client = _client(uri)
+    client = store.client(uri)
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
     for key, value in (("promoted_by", user), ("promoted_at", stamp), ("promoted_alias", alias)):
         client.set_model_version_tag(name, version, key, value)
@@ -253,7 +254,7 @@ def download_model_files(uri: str, name: str, version: str, destination: str | P
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    _use_store(uri)
+    store.use_store(uri)
     downloaded = _mlflow_errors_as_value_errors(
         lambda: mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=destination),
         f"downloading {name} version {version}",
@@ -343,7 +344,7 @@ def list_runs(uri: str, *, experiment: str = "fovea", limit: int = 50, filter_st
     Raises:
         ValueError: an unknown experiment or a filter MLflow rejects (one line).
     """
-    client = _client(uri)
+    client = store.client(uri)
 
     def collect() -> list[dict[str, Any]]:
         experiments = _experiments(client, experiment)
@@ -373,7 +374,7 @@ def find_run(uri: str, reference: str, *, experiment: str = ALL_EXPERIMENTS) -> 
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = store.client(uri)
     if RUN_ID_PATTERN.match(reference):
         try:
             run = client.get_run(reference)

@@ -20,14 +20,15 @@ from typing import Any, Protocol
 
 from fovea.errors import first_line
 from fovea.secrets import redact
-from fovea.track.tracking import MAX_BATCH, _client, ensure_experiment, param_batches
+from fovea.track import store
+from fovea.track.store import MAX_BATCH, ensure_experiment, param_batches
 
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 MAX_ANNOTATED_CLASSES = 30  # above this many classes the confusion plot's cells are too small for numbers
 
 
 class ScoredMode(Protocol):
-    """What is logged of one scoring mode (single or multi-view): ``fovea.evaluation.ModeScores`` has it."""
+    """What is logged of one scoring mode (single or multi-view): ``fovea.evaluate.scoring.ModeScores`` has it."""
 
     classes: list[str]
     confusion: Any  # (classes, classes) counts, rows = true class, columns = predicted class
@@ -171,7 +172,7 @@ def log_evaluation(
     from mlflow.entities import LoggedModelInput, Metric
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = store.client(uri)
     experiment_id = ensure_experiment(uri, experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
@@ -221,6 +222,6 @@ def run_params(uri: str, run_id: str) -> dict[str, str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(_client(uri).get_run(run_id).data.params)
+        return dict(store.client(uri).get_run(run_id).data.params)
     except (MlflowException, OSError):
         return {}

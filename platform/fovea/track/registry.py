@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fovea.errors import first_line
-from fovea.track.tracking import _client
+from fovea.track import store
 
 
 def _same_dataset(tags: dict[str, str], dataset: str, manifest_hash: str) -> bool:
@@ -43,7 +43,7 @@ def champion_decision(
     if policy == "always":
         return True, f"{alias} set (track.promote=always)"
     try:
-        current = _client(uri).get_model_version_by_alias(name, alias)
+        current = store.client(uri).get_model_version_by_alias(name, alias)
     except MlflowException:
         return True, f"{name} had no {alias}: this model takes it"
     if version is not None and str(current.version) == str(version):
@@ -99,7 +99,7 @@ def promote_new_version(
     if promoted:
         set_alias(uri, name, champion_alias, version)
         why += f": {name}@{champion_alias} -> version {version}"
-    client = _client(uri)
+    client = store.client(uri)
     client.set_model_version_tag(name, version, "promotion", why)
     return promoted, why
 
@@ -108,7 +108,7 @@ def set_alias(uri: str, name: str, alias: str, version: str) -> str | None:
     """Point ``name@alias`` at ``version``; returns the version that held the alias before (None if none)."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = store.client(uri)
     try:
         previous: str | None = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -122,7 +122,7 @@ def registered_version_of_run(uri: str, name: str, run_id: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = _client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        versions = store.client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException as err:
         print(f"warning: could not search the registry ({first_line(err)})")
         return None
@@ -134,7 +134,7 @@ def alias_exists(uri: str, name: str, alias: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        _client(uri).get_model_version_by_alias(name, alias)
+        store.client(uri).get_model_version_by_alias(name, alias)
         return True
     except MlflowException:
         return False

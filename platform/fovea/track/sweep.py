@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from fovea.secrets import redact
-from fovea.track.tracking import _client, log_curves_from_run, param_batches
+from fovea.track import store
+from fovea.track.curves import log_curves_from_run
+from fovea.track.store import param_batches
 
 SWEEP_NAME_TAG = "fovea.sweep"
 TRIAL_ID_TAG = "fovea.trial_id"
@@ -18,7 +20,7 @@ def start_sweep_run(
     uri: str, experiment_id: str, *, sweep_name: str, params: dict[str, Any], tags: dict[str, str]
 ) -> str:
     """The sweep's parent run: continued when a run with this sweep name exists (a resumed sweep), else created."""
-    client = _client(uri)
+    client = store.client(uri)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{SWEEP_NAME_TAG}` = '{sweep_name}' and tags.`fovea.role` = 'sweep'"
     )
@@ -45,7 +47,7 @@ def trial_run(
     tags: dict[str, str],
 ) -> str:
     """A trial's nested run, found by its trial id (a resumed or PBT-restarted trial keeps its run) or created."""
-    client = _client(uri)
+    client = store.client(uri)
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
@@ -82,7 +84,7 @@ def end_trial_run(
     """Close a trial's run with what became of it: ``completed``, ``early_stopped``, ``skipped`` or ``errored``."""
     from mlflow.entities import Metric
 
-    client = _client(uri)
+    client = store.client(uri)
     client.set_tag(run_id, "fovea.trial_outcome", outcome)
     client.set_tag(run_id, "fovea.early_stopped", str(outcome == "early_stopped").lower())
     if reason:
@@ -108,7 +110,7 @@ def log_sweep_results(
     """The sweep's results on its parent run: files (results CSV, best config), plots, summary metrics and tags."""
     from mlflow.entities import Metric
 
-    client = _client(uri)
+    client = store.client(uri)
     for path in files:
         client.log_artifact(run_id, str(path))
     for name, figure in figures.items():

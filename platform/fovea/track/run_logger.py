@@ -1,4 +1,4 @@
-"""Everything MLflow: the tracking URI, a run logger for rank 0, curves, and the registered final model.
+"""The rank-0 run logger (``RunLogger``) and its sender thread, and the fallback file it leaves in an outage.
 
 Tracking must never kill training: every call to the tracking store is wrapped, failed batches stay in the
 buffer and are sent with the next flush, and the first failure prints one warning.
@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -18,86 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from fovea.errors import first_line
-from fovea.secrets import redact, uri_credentials
+from fovea.secrets import redact
+from fovea.track import store
+from fovea.track.curves import plot_curves
+from fovea.track.store import MAX_BATCH, is_connection_problem, param_batches, with_retries
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-TRAIN_NAME_TAG = "fovea.train_name"
-MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
-PLAIN_DIR = "extra_files"  # where a logged model keeps fovea's pickle-free copy (MLflow's name for extra files)
-
-
-def _client(uri: str) -> Any:
-    """A client whose tracking store and model registry are both ``uri``.
-
-    An MlflowClient built with the tracking URI alone takes its registry from MLflow's process-wide setting, so a
-    registry set earlier for another store would silently receive this store's model versions.
-    """
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri, registry_uri=uri)
-
-
-def param_batches(params: dict[str, Any]) -> list[list[Any]]:
-    """``params`` as MLflow ``Param`` lists of at most 100 (``log_batch``'s limit), secrets redacted and each value
-    cut to MLflow's 6000 characters: every run's params go to the store through here."""
-    from mlflow.entities import Param
-
-    items = [Param(key, str(value)[:6000]) for key, value in redact(params).items()]
-    return [items[start : start + 100] for start in range(0, len(items), 100)]
-
-
-def _use_store(uri: str) -> None:
-    """Point MLflow's fluent API (``log_model``, ``load_model``) at ``uri`` for tracking and registry alike."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-
-
-def resolve_tracking_uri(uri: str = "") -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in this folder.
-
-    Relative SQLite and file paths are made absolute here, in the driver, because Ray workers run in other
-    working directories.
-
-    Raises:
-        ConfigError: the URI carries credentials (``http://user:pass@host``); they belong in the environment
-            (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``).
-    """
-    given = uri
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
-    problem = uri_credentials(uri)
-    if problem:  # it would be printed, recorded and shown in Ray's dashboard
-        from fovea.config import ConfigError
-
-        raise ConfigError(f"{'tracking URI' if given else 'MLFLOW_TRACKING_URI'}: {problem}")
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    if uri.startswith("file:") and not uri.startswith("file:///"):
-        return Path(uri.removeprefix("file:")).resolve().as_uri()
-    if "://" not in uri:
-        return Path(uri).resolve().as_uri()
-    return uri
-
-
-def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name`` at ``uri``, created if missing.
-
-    With a SQLite store the artifacts go to ``mlruns/`` beside the database file (MLflow's own default is the
-    current folder, which is the same place when ``mlflow.db`` is the default one, but under ``ray job submit``
-    the current folder is a temporary copy that is deleted afterwards).
-    """
-
-    client = _client(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:////"):
-        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 class RunLogger:
@@ -206,12 +131,12 @@ class RunLogger:
         leave the reopening of the given one (RUNNING again, its tags) to the first send: an outage then (a resumed
         run, the store down) is waited out like any other."""
         timeout = self.start_timeout_s
-        self.client = _client(self.uri)
+        self.client = store.client(self.uri)
         if self._run_id is None:
-            run = _with_retries(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), timeout)
+            run = with_retries(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), timeout)
             self._run_id = run.info.run_id
             for batch in param_batches(params):
-                _with_retries(lambda b=batch: self.client.log_batch(self._run_id, params=b), timeout)
+                with_retries(lambda b=batch: self.client.log_batch(self._run_id, params=b), timeout)
         else:
             self._reopen = dict(tags)
             self._take_over_spool()
@@ -333,7 +258,7 @@ class RunLogger:
                     for key, value in self._reopen.items():
                         self.client.set_tag(self._run_id, key, value)
                 except Exception as err:
-                    if _is_connection_problem(err):
+                    if is_connection_problem(err):
                         raise
                     self._open_error = err  # e.g. the run was deleted: stop; close() keeps the buffer in a file
                     with self._cond:
@@ -494,7 +419,7 @@ def replay_fallback(path: str | Path, uri: str = "") -> dict[str, Any]:
         raise ValueError(f"{path}: not a fovea tracking fallback file (no header line)")
     run_id = headers[0]["run_id"]
     uri = uri or headers[0]["tracking_uri"]
-    client = _client(uri)
+    client = store.client(uri)
     metrics = [Metric(**line["metric"]) for line in lines if "metric" in line]
     for start in range(0, len(metrics), MAX_BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH])
@@ -522,241 +447,3 @@ def fallback_file(run_id: str) -> Path:
     from fovea.paths import fovea_home
 
     return fovea_home() / "tracking_fallback" / f"{run_id}.jsonl"
-
-
-def wait_for_store(uri: str, timeout: float) -> bool:
-    """Whether the tracking store at ``uri`` answers within ``timeout`` seconds (polled every few seconds)."""
-    client = _client(uri)
-    deadline = time.monotonic() + timeout
-    warned = False
-    while True:
-        try:
-            client.search_experiments(max_results=1)
-            return True
-        except Exception as err:
-            if not _is_connection_problem(err):
-                raise
-            if time.monotonic() + 3 > deadline:
-                return False
-            if not warned:
-                print(f"waiting up to {timeout:.0f} s for the MLflow tracking store at {uri} ...", flush=True)
-                warned = True
-            time.sleep(3)
-
-
-def _with_retries(call: Any, timeout: float) -> Any:
-    """``call()``, retried every few seconds while the store is unreachable, for up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 1.0
-    while True:
-        try:
-            return call()
-        except Exception as err:
-            if time.monotonic() + delay > deadline or not _is_connection_problem(err):
-                raise
-            print(f"warning: MLflow tracking store unreachable ({type(err).__name__}); retrying in {delay:.0f} s")
-            time.sleep(delay)
-            delay = min(10.0, delay * 2)
-
-
-def _is_connection_problem(err: BaseException) -> bool:
-    """An error a later attempt may not meet (store unreachable or failing), not a request the store refuses (4xx)."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(err, MlflowException):
-        return not 400 <= err.get_http_status_code() < 500
-    return isinstance(err, OSError | ConnectionError | TimeoutError)
-
-
-def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Mark a run as ended (the driver does this once the final model is logged)."""
-
-    _client(uri).set_terminated(run_id, status)
-
-
-def plot_curves(history: Iterable[dict[str, float]]) -> Any:
-    """A two-panel figure of the run so far: losses, and validation accuracy, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    rows = list(history)
-    epochs = [row["epoch"] for row in rows]
-    figure = Figure(figsize=(10, 4), dpi=100)
-    loss_ax, acc_ax = figure.subplots(1, 2)
-    nan = float("nan")
-    loss_ax.plot(epochs, [r.get("train_loss", nan) for r in rows], marker="o", label="train loss")
-    loss_ax.plot(epochs, [r.get("val_loss", nan) for r in rows], marker="o", label="val loss")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_title("loss")
-    loss_ax.legend()
-    acc_ax.plot(epochs, [r.get("val_top1", nan) for r in rows], marker="o", label="val top-1")
-    acc_ax.plot(epochs, [r.get("val_top5", nan) for r in rows], marker="o", label="val top-5")
-    if any("val_top1_ema" in r for r in rows):
-        acc_ax.plot(epochs, [r.get("val_top1_ema", float("nan")) for r in rows], marker=".", label="val top-1 (EMA)")
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("%")
-    acc_ax.set_ylim(0, 100)
-    acc_ax.set_title("validation accuracy")
-    acc_ax.legend(loc="lower right")
-    figure.tight_layout()
-    return figure
-
-
-CURVE_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "val_top1_ema")
-
-
-def log_curves_from_run(uri: str, run_id: str, artifact_file: str = "training_curves.png") -> bool:
-    """Draw ``training_curves.png`` from the per-epoch metrics the store holds for ``run_id`` and log it there.
-
-    The driver (or a sweep's trial function) calls this once a run has ended, off the training path. Returns False
-    when the run has no per-epoch metrics.
-    """
-    client = _client(uri)
-    histories = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVE_METRICS}
-    epochs = sorted(histories["val_top1"])
-    if not epochs:
-        return False
-    rows = [{"epoch": epoch, **{k: h[epoch] for k, h in histories.items() if epoch in h}} for epoch in epochs]
-    client.log_figure(run_id, plot_curves(rows), artifact_file)
-    return True
-
-
-def log_final_model(
-    uri: str,
-    run_id: str,
-    model: Any,
-    *,
-    input_example: Any,
-    registered_model_name: str | None,
-    version_tags: dict[str, str],
-    description: str = "",
-    classes: list[str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    alias: str = "",
-) -> str | None:
-    """Log the trained model to the run (with signature and input example) and register a new version.
-
-    Args:
-        uri: tracking URI.
-        run_id: the training run.
-        model: the trained ``nn.Module`` on CPU, in eval mode.
-        input_example: a numpy batch the model takes, e.g. float32 ``(1, 3, H, W)``.
-        registered_model_name: registry name, or None to log without registering.
-        version_tags: tags for the new model version (architecture, dataset, val top-1, ...).
-        description: the version's description.
-        classes: class names, saved beside the model as ``classes.json`` and in the model's metadata.
-        metadata: more facts for the MLmodel file (normalisation mean/std, img_size, model name), which
-            ``load_registered_model`` hands back with the module. With ``model_name`` and ``create_kwargs`` (how
-            ``fovea.models.create_model`` rebuilds the architecture) the version also carries a pickle-free copy,
-            ``extra_files/`` = ``weights.pt`` (+ ``.sha256``) and ``fovea_model.json``: the only form
-            ``load_registered_model`` reads.
-        alias: a registry alias (e.g. ``champion``) to point at the new version.
-
-    Returns:
-        The registered version number, or None when not registered.
-    """
-    import mlflow
-    import mlflow.pytorch
-    import timm
-    import torch
-    from mlflow.models import infer_signature
-
-    with torch.no_grad():
-        output = model(torch.as_tensor(input_example)).numpy()
-    signature = infer_signature(input_example, output)
-    # Explicit requirements: MLflow's inference would re-load the model in a subprocess to find them.
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    from fovea.models.bundle import save_model_dir
-
-    metadata = {**(metadata or {}), **({"classes": list(classes)} if classes is not None else {})}
-    _use_store(uri)
-    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
-        # the pickle-free copy (weights.pt + fovea_model.json) that fovea itself loads the version from
-        plain = save_model_dir(Path(tmp) / PLAIN_DIR, model, metadata) if _rebuildable(metadata) else None
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=requirements,
-            # MLflow 3 defaults to torch.export ("pt2"), which fixes the batch size to the input example's and
-            # makes load_model return a graph, not the nn.Module people fine-tune; pickle keeps the module. fovea
-            # never loads this pickle (see load_registered_model): it is there for MLflow's own tools.
-            serialization_format="pickle",
-            metadata=redact(metadata),
-            extra_files=sorted(str(path) for path in plain.iterdir()) if plain is not None else None,
-            registered_model_name=registered_model_name,
-            await_registration_for=60,
-        )
-        if classes is not None:
-            path = Path(tmp) / "classes.json"
-            path.write_text(json.dumps(classes, indent=1))
-            mlflow.log_artifact(str(path), artifact_path="model_info")
-    version = getattr(info, "registered_model_version", None)
-    if registered_model_name and version is not None:
-        client = _client(uri)
-        for key, value in version_tags.items():
-            client.set_model_version_tag(registered_model_name, str(version), key, value)
-        if description:
-            client.update_model_version(registered_model_name, str(version), description=description)
-        if alias:
-            client.set_registered_model_alias(registered_model_name, alias, str(version))
-        return str(version)
-    return None
-
-
-def _rebuildable(metadata: dict[str, Any]) -> bool:
-    """Whether ``metadata`` says how to rebuild the architecture (what a pickle-free copy needs)."""
-    return bool(metadata.get("model_name")) and isinstance(metadata.get("create_kwargs"), dict)
-
-
-def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Download a registered version's pickle-free copy, from ``models:/NAME/VERSION`` or ``@ALIAS``, into ``dst``.
-
-    Nothing is unpickled and nothing is built here: ``log_final_model`` adds the copy (``extra_files/weights.pt``
-    with its ``.sha256``, and ``fovea_model.json``) to every version fovea registers; ``fovea.sources`` loads it.
-
-    Returns:
-        ``(folder, info)``: the downloaded folder, and ``info`` with ``version`` (the alias resolved), ``run_id``,
-        ``plain_uri`` (the copy's artifact URI, for messages) and ``run_classes`` (the run's
-        ``model_info/classes.json``, or None).
-
-    Raises:
-        ValueError: one line, for a name, version or alias the registry does not have, or a version with no
-            pickle-free copy.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from fovea.refs import parse_registry_uri
-
-    name, version, alias = parse_registry_uri(model_uri)
-    client = _client(tracking_uri)
-    try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as err:
-        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({first_line(err)})") from None
-    _use_store(tracking_uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    plain_uri = f"models:/{name}/{found.version}/{PLAIN_DIR}"
-    try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=plain_uri, dst_path=str(dst)))
-    except (MlflowException, OSError):
-        folder = None
-    if folder is None or not ((folder / "weights.pt").is_file() and (folder / "fovea_model.json").is_file()):
-        raise ValueError(
-            f"{model_uri}: version {found.version} has no pickle-free weights ({PLAIN_DIR}/weights.pt and "
-            "fovea_model.json, which fovea logs with every version it registers); fovea never unpickles a "
-            "registered MLflow model, so it cannot load this one"
-        )
-    run_classes = None
-    if found.run_id:
-        try:
-            classes_file = client.download_artifacts(found.run_id, "model_info/classes.json")
-            run_classes = json.loads(Path(classes_file).read_text())
-        except (MlflowException, OSError, ValueError):
-            pass  # its classes are unknown, only their count can be checked
-    return folder, {"version": str(found.version), "run_id": found.run_id, "plain_uri": plain_uri,
-                    "run_classes": run_classes}

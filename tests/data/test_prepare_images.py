@@ -18,8 +18,10 @@ import pytest
 from PIL import Image
 
 from fovea.data import ensure_demo_images, load_manifest, prepare_images, scan_source, write_manifest
+from fovea.data.check import check_image, read_and_check_images
 from fovea.data.demo import DEMO_CLASSES
-from fovea.data.prepare import check_image, check_labels, read_and_check_images, run_preparation
+from fovea.data.prepare import run_preparation
+from fovea.data.write import check_labels
 from fovea.paths import fovea_home
 
 REPO = Path(__file__).resolve().parents[2]

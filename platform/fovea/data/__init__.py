@@ -11,8 +11,9 @@ from fovea.data.manifest import (
     manifest_hash,
     write_manifest,
 )
-from fovea.data.prepare import prepare_images, scan_source
+from fovea.data.prepare import prepare_images
 from fovea.data.prepare_video import prepare_videos
+from fovea.data.scan import scan_source
 from fovea.data.stream import build_image_datasets, build_video_datasets, read_split
 from fovea.data.transforms import DecodeImages, build_image_transform
 

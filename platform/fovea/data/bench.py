@@ -204,27 +204,42 @@ def run_benchmark(
         "rss_growth_mb": ...}`` (the RSS keys only with ``rss_decodes``). Each path's ``epoch_seconds`` holds its
         epochs of every round in order.
     """
-    import ray
-
-    from fovea.data.clips import CLIP_COLUMNS, DecodeClips
-    from fovea.data.stream import (
-        _augment_args,
-        build_image_datasets,
-        build_video_datasets,
-        clip_spec,
-        configure_data_context,
-    )
-    from fovea.data.transforms import DecodeImages
-
     if epochs < 1 or rounds < 1:
         raise ValueError(f"epochs and rounds must be at least 1 (got {epochs}, {rounds})")
     shards = manifest["splits"]["train"]["shards"]
-    for shard in shards:  # warm the page cache so neither path pays for the first read from disk
+    _warm_page_cache(shards)
+    key, columns, decode = _row_decoder(manifest, data_cfg, kind=kind, img_size=img_size)
+    rows = ParquetRows(shards, columns, decode, key)
+    per_round: list[list[IngestResult]] = []
+    for _ in range(rounds):
+        per_round.append(
+            [
+                _ray_round(manifest, data_cfg, kind=kind, img_size=img_size, workers=workers, epochs=epochs, key=key),
+                _loader_round(rows, data_cfg, workers=workers, epochs=epochs, key=key, persistent=False),
+                _loader_round(rows, data_cfg, workers=workers, epochs=epochs, key=key, persistent=True),
+            ]
+        )
+    results = _summarize(per_round, rounds=rounds)
+    if rss_decodes and kind == "video":
+        results.update(_rss_growth(shards[0], columns, decode, rss_decodes))
+    return results
+
+
+def _warm_page_cache(shards: list[str]) -> None:
+    """Read every shard once, so neither path pays for the first read from disk."""
+    for shard in shards:
         with open(shard, "rb") as file:
             while file.read(1 << 24):
                 pass
+
+
+def _row_decoder(manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size: int) -> tuple[str, list[str], Any]:
+    """``(key, columns, decode)``: the decoded column, the stored columns read, and the training-time row decoder."""
+    from fovea.data.clips import CLIP_COLUMNS, DecodeClips
+    from fovea.data.stream import _augment_args, clip_spec
+    from fovea.data.transforms import DecodeImages
+
     if kind == "video":
-        key, columns = "video", CLIP_COLUMNS
         spec = clip_spec(data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
         decode = DecodeClips(
             spec,
@@ -233,60 +248,69 @@ def run_benchmark(
             backend=data_cfg.video_backend,
             decode_threads=data_cfg.decode_threads,
         )
-    else:
-        key, columns = "image", ["image", "label"]
-        decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
+        return "video", CLIP_COLUMNS, decode
+    return "image", ["image", "label"], DecodeImages(img_size, train=True, **_augment_args(data_cfg))
 
-    def ray_round() -> IngestResult:
-        started_ray = not ray.is_initialized()
+
+def _ray_round(
+    manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size: int, workers: int, epochs: int, key: str
+) -> IngestResult:
+    """One round of the Ray Data path, in a Ray started for it with ``workers`` CPUs (unless one is running)."""
+    import ray
+
+    from fovea.data.stream import build_image_datasets, build_video_datasets, configure_data_context
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        configure_data_context()
+        if kind == "video":
+            build = build_video_datasets(manifest, data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
+        else:
+            build = build_image_datasets(manifest, data_cfg, img_size=img_size)
+        train = build["train"]
+        return measure(
+            "Ray Data",
+            lambda: train.iter_torch_batches(batch_size=data_cfg.batch_size, prefetch_batches=2, device="cpu"),
+            key,
+            epochs,
+        )
+    finally:
         if started_ray:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            configure_data_context()
-            if kind == "video":
-                build = build_video_datasets(manifest, data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
-            else:
-                build = build_image_datasets(manifest, data_cfg, img_size=img_size)
-            train = build["train"]
-            return measure(
-                "Ray Data",
-                lambda: train.iter_torch_batches(batch_size=data_cfg.batch_size, prefetch_batches=2, device="cpu"),
-                key,
-                epochs,
-            )
-        finally:
-            if started_ray:
-                ray.shutdown()
+            ray.shutdown()
 
-    rows = ParquetRows(shards, columns, decode, key)
 
-    def loader_round(persistent: bool) -> IngestResult:
-        loaders = [
-            torch.utils.data.DataLoader(
-                rows,
-                batch_size=data_cfg.batch_size,
-                shuffle=True,
-                num_workers=workers,
-                prefetch_factor=2,
-                persistent_workers=persistent,
-                collate_fn=collate_decoded,
-            )
-        ]
-        name = "DataLoader, persistent workers" if persistent else "DataLoader"
-        result = measure(name, lambda: loaders[0], key, epochs)
-        loaders.clear()  # persistent workers exit with their loader, before the next path's turn
-        gc.collect()
-        return result
+def _loader_round(
+    rows: ParquetRows, data_cfg: Any, *, workers: int, epochs: int, key: str, persistent: bool
+) -> IngestResult:
+    """One round of a shuffled ``DataLoader`` over ``rows`` with ``workers`` processes."""
+    loaders = [
+        torch.utils.data.DataLoader(
+            rows,
+            batch_size=data_cfg.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            prefetch_factor=2,
+            persistent_workers=persistent,
+            collate_fn=collate_decoded,
+        )
+    ]
+    name = "DataLoader, persistent workers" if persistent else "DataLoader"
+    result = measure(name, lambda: loaders[0], key, epochs)
+    loaders.clear()  # persistent workers exit with their loader, before the next path's turn
+    gc.collect()
+    return result
 
-    per_round: list[list[IngestResult]] = []
-    for _ in range(rounds):
-        per_round.append([ray_round(), loader_round(False), loader_round(True)])
+
+def _summarize(per_round: list[list[IngestResult]], *, rounds: int) -> dict[str, Any]:
+    """The paths (rounds combined) and the Ray Data / DataLoader ratios of :func:`run_benchmark`."""
     paths = [_combine([results[index] for results in per_round]) for index in range(3)]
 
     def ratios(baseline: int) -> list[float]:
         return [results[0].warm_items_per_s / max(1e-9, results[baseline].warm_items_per_s) for results in per_round]
 
-    results: dict[str, Any] = {
+    return {
         "paths": [
             {**vars(path), "items_per_s": path.items_per_s, "warm_items_per_s": path.warm_items_per_s} for path in paths
         ],
@@ -297,14 +321,15 @@ def run_benchmark(
         "ratio_persistent": float(np.median(ratios(2))),
         "ratio_all_epochs": paths[0].items_per_s / max(1e-9, paths[1].items_per_s),
     }
-    if rss_decodes and kind == "video":
-        table = pq.read_table(shards[0], columns=columns)
-        sample_rows = table.to_pylist()
-        trace = rss_over_decodes(sample_rows, lambda row, count: decode.views(row, count), rss_decodes)
-        results["rss_trace"] = trace
-        after_warmup = next((rss for count, rss in trace if count >= 200), trace[0][1])
-        results["rss_growth_mb"] = trace[-1][1] - after_warmup
-    return results
+
+
+def _rss_growth(shard: str, columns: list[str], decode: Any, rss_decodes: int) -> dict[str, Any]:
+    """``{"rss_trace", "rss_growth_mb"}``: RSS over ``rss_decodes`` clip decodes of ``shard``'s rows in this process."""
+    table = pq.read_table(shard, columns=columns)
+    sample_rows = table.to_pylist()
+    trace = rss_over_decodes(sample_rows, lambda row, count: decode.views(row, count), rss_decodes)
+    after_warmup = next((rss for count, rss in trace if count >= 200), trace[0][1])
+    return {"rss_trace": trace, "rss_growth_mb": trace[-1][1] - after_warmup}
 
 
 def _combine(rounds: list[IngestResult]) -> IngestResult:

@@ -33,8 +33,10 @@ import numpy as np
 import pyarrow as pa
 
 from fovea.data.clips import STORAGES
-from fovea.data.prepare import check_output_dir, run_preparation, scan_source
+from fovea.data.prepare import run_preparation
+from fovea.data.scan import scan_source
 from fovea.data.video import BadVideo, decode_frames, probe_video, read_bytes
+from fovea.data.write import check_output_dir
 from fovea.errors import joined_lines
 
 TOO_SHORT = ("pad", "reject")
@@ -190,7 +192,7 @@ def prepare_videos(
 
     Args:
         src: Raw dataset: class folders, ``train/``+``val/`` class folders, or a CSV/JSON list of
-            ``path,label[,split][,start,end]`` (see :func:`fovea.data.prepare.scan_source`).
+            ``path,label[,split][,start,end]`` (see :func:`fovea.data.scan.scan_source`).
         out: Output folder; receives ``<split>/part-NNNNN.parquet`` shards and ``manifest.json``.
         val_fraction: Share of each class held out for validation when SRC does not give splits.
         seed: Seed for the validation split and the row order.

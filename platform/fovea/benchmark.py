@@ -34,13 +34,8 @@ from torch import nn
 
 from fovea.config import Config, build_config, set_path
 from fovea.models import create_model, is_video_model
-from fovea.train.loop import (
-    autocast_dtype,
-    compile_enabled,
-    configure_device,
-    enable_grad_checkpointing,
-    peak_memory_mb,
-)
+from fovea.train.build import enable_grad_checkpointing
+from fovea.train.device import autocast_dtype, compile_enabled, configure_device, peak_memory_mb
 
 
 @dataclass

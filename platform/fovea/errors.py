@@ -1,6 +1,12 @@
-"""How an error becomes the one line a user reads: the single implementation every module shares."""
+"""How an error becomes the one line a user reads: the single implementation every module shares, and the error
+classes every layer may raise (no dependencies, so ``fovea.track`` and ``fovea.data`` can raise them too)."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (dotted path first); a job exits 2 on it. Also
+    ``fovea.config.ConfigError``."""
 
 
 def first_line(err: BaseException, *, limit: int | None = None) -> str:

@@ -8,13 +8,6 @@ from typing import Any
 from fovea.config import Config
 
 
-def model_input_args(cfg: Config) -> dict[str, Any]:
-    """Constructor arguments a model takes from the data config: ``num_frames`` for video models."""
-    from fovea.models import is_video_model
-
-    return {"num_frames": cfg.data.num_frames} if is_video_model(cfg.model.name) else {}
-
-
 def model_create_args(cfg: Config, *, num_classes: int) -> dict[str, Any]:
     """The keyword arguments ``create_model(cfg.model.name, **args)`` rebuilds the trained architecture with (no
     weights: those come from the checkpoint); recorded in checkpoints and registered models as ``create_kwargs``."""

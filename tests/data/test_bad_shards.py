@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_colour_folder
+from helpers import prepare_colour_set
 from ray import cloudpickle
 from ray.train import WorkerGroupError
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
 from fovea.config import build_config
-from fovea.data import load_manifest, prepare_images, read_split
+from fovea.data import load_manifest, read_split
 from fovea.data.shards import (
     BadShardsError,
     check_shards,
@@ -30,7 +30,8 @@ from fovea.data.shards import (
     skipped_warnings,
 )
 from fovea.jobs import RunFailure
-from fovea.train.trainer import checked_manifest, data_failure
+from fovea.train.checks import data_failure
+from fovea.train.trainer import checked_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,10 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def prepared(ray_local, tmp_path_factory) -> Path:
     """A small prepared image set: 5 train shards of about 6 rows, 2 val shards."""
-    base = tmp_path_factory.mktemp("bad_data")
-    make_colour_folder(base / "raw", per_class=12)
-    prepare_images(base / "raw", base / "prepared", val_fraction=0.25, shard_rows=6)
-    return base / "prepared"
+    return prepare_colour_set(tmp_path_factory.mktemp("bad_data"), per_class=12, val_fraction=0.25, shard_rows=6)
 
 
 @pytest.fixture()

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_colour_folder
+from helpers import prepare_colour_set
 
 from fovea.config import ConfigError, build_config
-from fovea.data import build_image_datasets, load_manifest, manifest_hash, prepare_images
-from fovea.train.trainer import check_before_start, dataset_dir_of, run_tags
+from fovea.data import build_image_datasets, load_manifest, manifest_hash
+from fovea.train.checks import check_before_start
+from fovea.train.trainer import dataset_dir_of, run_tags
 
 MOTO = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
 
@@ -55,9 +56,7 @@ def s3_dataset(s3_endpoint, ray_local, tmp_path_factory):
     """(a local prepared folder, the s3:// URI of its copy, with the endpoint options)."""
     import pyarrow.fs as fs
 
-    root = tmp_path_factory.mktemp("remote")
-    local = root / "prepared"
-    prepare_images(make_colour_folder(root / "src", per_class=12), local, val_fraction=0.25, shard_rows=8)
+    local = prepare_colour_set(tmp_path_factory.mktemp("remote"), per_class=12, val_fraction=0.25, shard_rows=8)
     bucket = fs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
                              allow_bucket_creation=True)  # fmt: skip
     bucket.create_dir("fovea-data")

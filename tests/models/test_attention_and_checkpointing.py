@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fovea.config import ConfigError, build_config
 from fovea.models import create_model
-from fovea.train.loop import compile_enabled, prefetch_to_device
+from fovea.train.device import compile_enabled, prefetch_to_device
 
 CPU = torch.device("cpu")
 

@@ -10,20 +10,12 @@ from torch import nn
 
 from fovea.config import DataConfig, OptimConfig
 from fovea.models import create_model
-from fovea.train.loop import (
-    NanAtSteps,
-    NonFiniteSteps,
-    Normalize,
-    TrainingSnapshot,
-    build_criterion,
-    build_mixup,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    move_schedule,
-    skips_on_device,
-    train_one_epoch,
-)
+from fovea.train.build import build_criterion, build_mixup, build_optimizer
+from fovea.train.device import skips_on_device
+from fovea.train.faults import NanAtSteps
+from fovea.train.loop import Normalize, evaluate, train_one_epoch
+from fovea.train.rollback import NonFiniteSteps, TrainingSnapshot
+from fovea.train.schedule import build_scheduler, move_schedule
 
 CPU = torch.device("cpu")
 
@@ -258,6 +250,7 @@ def _nan_epoch(patience: int, log_every: int, nan_steps: range, batches: int = 1
             device=CPU,
             log_every=log_every,
             patience=patience,
+            hooks=(criterion,),
         ),
     )
 

@@ -16,8 +16,8 @@ def test_non_finite_training_stops_the_job_in_one_line():
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-    from fovea.train.loop import NonFiniteTraining
-    from fovea.train.trainer import checkpoint_failure
+    from fovea.train.checks import checkpoint_failure
+    from fovea.train.rollback import NonFiniteTraining
 
     reason = "epoch 2: 5 steps in a row with a non-finite loss or gradient, up to step 15; stopping: x"
     error = WorkerGroupError("failed", {1: UserExceptionWithTraceback(NonFiniteTraining(reason), "traceback")})

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 from fovea.config import Config, ConfigError, build_config, describe_fields, flatten, parse_job_args, set_path
@@ -103,7 +104,9 @@ def test_the_job_prints_no_secret(cfg, monkeypatch, capsys):
 
     ran = []
     monkeypatch.setattr(trainer, "check_before_start", lambda config: None)
-    monkeypatch.setattr(trainer, "run_training", lambda config: ran.append(config) or SimpleNamespace(describe=str))
+    monkeypatch.setattr(
+        trainer, "run_training", lambda config, checked: ran.append(config) or SimpleNamespace(describe=str)
+    )
     assert trainer.job_main("train_vit", VIT_PRESETS, argv=["--preset", "smoke", *OVERRIDES]) == 0
     assert ran[0].model.kwargs["api_token"] == SECRET
     out = capsys.readouterr()
@@ -209,7 +212,7 @@ def test_a_tuning_space_never_searches_a_secret(cfg):
 def test_the_mlflow_run_holds_no_secret(cfg, tmp_path):
     from fovea.track import RunLogger, ensure_experiment, start_sweep_run, trial_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     experiment = ensure_experiment(uri, "secrets")
     raw = cfg.model_dump(mode="json")  # as a careless caller would hand it over: the tracking layer redacts
     logger = RunLogger(uri, run_id=None, experiment_id=experiment, run_name="r", params=flatten(raw),
@@ -262,7 +265,7 @@ def test_checkpoints_and_model_records_hold_no_secret(cfg, tmp_path):
 
     model = create_model("vit_micro_patch4_32", num_classes=2, img_size=32).eval()
     create_kwargs = {"num_classes": 2, "img_size": 32, "api_token": SECRET}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     run_id = MlflowClient(uri).create_run(ensure_experiment(uri, "secrets")).info.run_id
     version = log_final_model(uri, run_id, model, input_example=np.zeros((1, 3, 32, 32), dtype=np.float32),
                               registered_model_name="secret-vit", version_tags={"job": "train_vit"},
@@ -296,7 +299,9 @@ def test_a_config_with_secrets_reaches_the_workers_through_the_object_store(cfg,
 
 
 def test_sweep_state_holds_no_secret_and_still_resumes(cfg, tmp_path):
-    from fovea.tune.sweep import STATE_FILE, _check_same_sweep, _write_state
+    from fovea.tune.driver import STATE_FILE
+    from fovea.tune.driver import check_same_sweep as _check_same_sweep
+    from fovea.tune.driver import write_state as _write_state
 
     searched = {"tune": {"space": {"model.kwargs.class_token": "choice(true, false)"}}}
     swept = build_config([cfg.model_dump(mode="json"), searched])

@@ -173,7 +173,7 @@ def models_promote(args: argparse.Namespace) -> int:
 def _clear_download(directory: Path, force: bool) -> None:
     """Make room for a download in ``directory``: refuse to overwrite an earlier one unless ``force``."""
     from fovea.checkpoints import CHECKSUM_SUFFIX
-    from fovea.models.bundle import INFO_FILE, WEIGHTS_FILE
+    from fovea.model_folder import INFO_FILE, WEIGHTS_FILE
 
     names = ("mlflow_model", WEIGHTS_FILE, WEIGHTS_FILE + CHECKSUM_SUFFIX, INFO_FILE)
     earlier = [directory / name for name in names if (directory / name).exists()]

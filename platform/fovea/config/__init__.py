@@ -21,7 +21,6 @@ from fovea.config.schema import (
     FREE_FORM_FIELDS,
     MAX_SEED,
     Config,
-    ConfigError,
     DataConfig,
     DistillConfig,
     EvalSection,
@@ -33,6 +32,7 @@ from fovea.config.schema import (
     TuneSection,
     flatten,
 )
+from fovea.errors import ConfigError
 
 __all__ = [
     "FREE_FORM_FIELDS",

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fovea.config.schema import FREE_FORM_FIELDS, Config, ConfigError
+from fovea.config.schema import FREE_FORM_FIELDS, Config
+from fovea.errors import ConfigError
 from fovea.secrets import MARKER, is_secret_name, redact
 
 

@@ -403,10 +403,6 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A configuration problem, already phrased for the user (dotted path first)."""
-
-
 # dict-valued fields whose keys are data, not config fields
 FREE_FORM_FIELDS = ("model.kwargs", "tune.space", "scaling.resources_per_worker")
 

@@ -1,6 +1,7 @@
 """A model folder that needs neither MLflow nor pickle: ``weights.pt`` (a state dict, with its checksum in
 ``weights.pt.sha256``) and ``fovea_model.json`` (how to rebuild the architecture, the classes and the input
-normalisation). ``fovea models download`` writes one; every model version fovea registers carries one."""
+normalisation). ``fovea models download`` writes one; every model version fovea registers carries one. The folder's
+format (and writing it) is ``fovea.model_folder``, which needs no model code; this module builds the model back."""
 
 from __future__ import annotations
 
@@ -10,31 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from fovea.checkpoints import CheckpointError, load_verified, save_verified
+from fovea.checkpoints import CheckpointError, load_verified
+from fovea.model_folder import INFO_FILE, WEIGHTS_FILE, is_model_dir, save_model_dir
 from fovea.models.factory import create_model
-from fovea.secrets import redact
 
-WEIGHTS_FILE = "weights.pt"
-INFO_FILE = "fovea_model.json"
-
-
-def save_model_dir(directory: str | Path, model: nn.Module, info: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``info`` (must hold ``model_name`` and ``create_kwargs``) to ``directory``;
-    secrets in ``info`` (e.g. a constructor argument ``api_token``) are written as ``***``."""
-    missing = [key for key in ("model_name", "create_kwargs") if key not in info]
-    if missing:
-        raise ValueError(f"model info lacks {', '.join(missing)}: the architecture could not be rebuilt")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    save_verified(directory / WEIGHTS_FILE, weights, what="weights")  # atomic, with weights.pt.sha256
-    (directory / INFO_FILE).write_text(json.dumps(redact(info), indent=1, default=str))
-    return directory
-
-
-def is_model_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a folder written by ``save_model_dir``."""
-    return (Path(path) / WEIGHTS_FILE).is_file() and (Path(path) / INFO_FILE).is_file()
+__all__ = ["INFO_FILE", "WEIGHTS_FILE", "is_model_dir", "load_model_dir", "save_model_dir"]
 
 
 def load_model_dir(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fovea.errors import first_line
+from fovea.model_folder import save_model_dir
 from fovea.secrets import redact
 from fovea.track import store
 
@@ -60,8 +61,6 @@ def log_final_model(
     signature = infer_signature(input_example, output)
     # Explicit requirements: MLflow's inference would re-load the model in a subprocess to find them.
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-    from fovea.models.bundle import save_model_dir
-
     metadata = {**(metadata or {}), **({"classes": list(classes)} if classes is not None else {})}
     store.use_store(uri)
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fovea.errors import ConfigError
 from fovea.secrets import redact, uri_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -59,8 +60,6 @@ def resolve_tracking_uri(uri: str = "") -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
     problem = uri_credentials(uri)
     if problem:  # it would be printed, recorded and shown in Ray's dashboard
-        from fovea.config import ConfigError
-
         raise ConfigError(f"{'tracking URI' if given else 'MLFLOW_TRACKING_URI'}: {problem}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())

@@ -1,11 +1,12 @@
-"""The driver side of a training run: validate, start Ray, build datasets and the TorchTrainer, register the model."""
+"""The driver side of a training run: start Ray, build the datasets, the ``WorkerPlan`` and the TorchTrainer, fit,
+then hand the final checkpoint to ``fovea.train.register``. Pre-flight checks and failure explanations live in
+``fovea.train.checks``."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,191 +14,15 @@ from fovea.checkpoints import checkpoint_location
 from fovea.config import Config, ConfigError
 from fovea.jobs import RunFailure, run_command
 from fovea.paths import fovea_home
-from fovea.recipe import model_create_args
-
-
-def checkpoint_failure(err: BaseException) -> str | None:
-    """The one-line problem behind a failed ``trainer.fit()`` when it is one fovea explains (a checkpoint, or
-    non-finite training; Ray Train's ``WorkerGroupError`` carries each worker's exception, wrapped with its
-    traceback), or None."""
-    from fovea.checkpoints import CheckpointError, CheckpointWriteError
-    from fovea.train.loop import NonFiniteTraining
-
-    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
-        original = getattr(failure, "_base_exc", failure)  # Ray's UserExceptionWithTraceback wraps it
-        if isinstance(original, CheckpointError | CheckpointWriteError | NonFiniteTraining):
-            return f"worker {rank}: {original}"
-    return None
-
-
-def data_failure(err: BaseException, max_bad_shards: int) -> str | None:
-    """The one-line shard problem behind a failed ``trainer.fit()``: a shard file that failed to read with the split's
-    ``data.max_bad_shards`` used up (Ray Data failed the pass, the worker reading it failed), or None."""
-    from fovea.data.shards import shard_read_problem
-
-    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
-        problem = shard_read_problem(failure)
-        if problem:
-            return f"worker {rank}: {problem}; more shard files failed than data.max_bad_shards={max_bad_shards} allows"
-    return None
-
-
-@dataclass
-class TrainSummary:
-    """What a finished run produced."""
-
-    run_name: str
-    epochs: int
-    val_top1: float
-    val_top5: float
-    wall_time_s: float
-    multi_view: dict[str, float] | None
-    checkpoint_path: str
-    mlflow_run_id: str | None
-    tracking_uri: str | None
-    registered_model: str | None
-    registered_version: str | None
-    dataset: str
-    promotion: str = ""
-    model_logging_s: float = 0.0
-
-    def describe(self) -> str:
-        lines = [
-            f"run            {self.run_name}",
-            f"val top-1      {self.val_top1:.2f}%  (top-5 {self.val_top5:.2f}%) after {self.epochs} epochs",
-        ]
-        if self.multi_view:
-            views = self.multi_view
-            lines.append(
-                f"multi-view     top-1 {views['val_mv_top1']:.2f}%  (top-5 {views['val_mv_top5']:.2f}%) "
-                f"over {int(views['val_views'])} views per video"
-            )
-        lines += [
-            f"wall time      {self.wall_time_s:.1f} s",
-            f"checkpoint     {self.checkpoint_path}",
-            f"dataset        {self.dataset}",
-        ]
-        lines += tracking_lines(self.mlflow_run_id, self.tracking_uri, self.registered_model, self.registered_version)
-        if self.registered_version and self.model_logging_s:
-            lines[-1] += f"  (logged and registered in {self.model_logging_s:.1f} s)"
-        if self.promotion:
-            lines.append(f"promotion      {self.promotion}")
-        return "\n".join(lines)
-
-
-def tracking_lines(run_id: str | None, uri: str | None, model: str | None, version: str | None) -> list[str]:
-    """The summary's MLflow lines: the run, and the registered version when there is one."""
-    lines = [f"mlflow run     {run_id}  ({uri})"] if run_id else []
-    if version:
-        lines.append(f"registered     {model} version {version}")
-    return lines
+from fovea.train.checks import check_before_start, checkpoint_failure, data_failure, load_checked_teacher
+from fovea.train.plan import WorkerPlan
+from fovea.train.register import TrainSummary, log_final_model_of, store_is_back
 
 
 def storage_path(cfg: Config) -> str:
     """Where Ray Train keeps this run's checkpoints (must be shared storage on a multi-node cluster)."""
     path = cfg.train.storage_path or str(fovea_home() / "runs")
     return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def check_before_start(cfg: Config) -> None:
-    """Checks that need no Ray: the model exists, the dataset folder is prepared, a resume is consistent.
-
-    Raises:
-        ConfigError: one line naming the field.
-    """
-    from fovea.data import load_manifest
-    from fovea.models import check_model_name, is_video_model
-
-    try:
-        check_model_name(cfg.model.name)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    video = is_video_model(cfg.model.name)
-    if cfg.data.path:
-        try:
-            kind = load_manifest(cfg.data.path).get("kind", "image")
-        except (FileNotFoundError, ValueError) as err:
-            raise ConfigError(f"data.path: {err}") from None
-        if (kind == "video") != video:
-            takes = "video clips" if video else "images"
-            raise ConfigError(f"data.path: {cfg.data.path} is a {kind} dataset, but {cfg.model.name} takes {takes}")
-    elif video and cfg.data.hflip > 0:
-        raise ConfigError(
-            "data.hflip: the demo videos' classes include move_left and move_right, mirror images of each other; "
-            "set data.hflip=0"
-        )
-    if video and cfg.distill.type != "none":
-        raise ConfigError("distill.type: distillation is implemented for image models only")
-    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
-        raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
-    if cfg.model.pretrained and cfg.model.checkpoint:
-        raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
-    if cfg.distill.type != "none":
-        check_teacher_spec(cfg)
-
-
-def check_teacher_spec(cfg: Config) -> None:
-    from fovea.distill import teacher_kind
-    from fovea.models import check_model_name
-    from fovea.refs import parse_registry_uri
-
-    spec = cfg.distill.teacher
-    kind = teacher_kind(spec)
-    if kind == "registry":
-        try:
-            parse_registry_uri(spec)
-        except ValueError as err:
-            raise ConfigError(f"distill.teacher: {err}") from None
-    elif kind == "file":
-        path = Path(spec).expanduser()
-        if not (path.is_file() or (path / "checkpoint.pt").is_file()):
-            raise ConfigError(f"distill.teacher: no such checkpoint file: {spec}")
-    else:
-        try:
-            check_model_name(spec)
-        except ValueError as err:
-            raise ConfigError(f"distill.teacher: {err}".replace("model.name: ", "")) from None
-        if not cfg.distill.teacher_checkpoint and not cfg.distill.teacher_pretrained:
-            raise ConfigError(
-                f"distill.teacher={spec} needs weights: set distill.teacher_checkpoint=FILE "
-                "(or distill.teacher_pretrained=true for timm's published weights)"
-            )
-    if kind != "name" and (cfg.distill.teacher_checkpoint or cfg.distill.teacher_pretrained):
-        raise ConfigError("distill.teacher_checkpoint/teacher_pretrained go with a teacher given by model name")
-    if cfg.distill.teacher_checkpoint and not Path(cfg.distill.teacher_checkpoint).expanduser().is_file():
-        raise ConfigError(f"distill.teacher_checkpoint: no such file: {cfg.distill.teacher_checkpoint}")
-    if cfg.distill.heads == "token":
-        from fovea.distill import has_distillation_token
-        from fovea.models import create_model
-
-        student = create_model(cfg.model.name, num_classes=2, img_size=cfg.model.img_size, **cfg.model.kwargs)
-        if not has_distillation_token(student):
-            raise ConfigError(f"distill.heads=token: {cfg.model.name} has no distillation token")
-
-
-def load_checked_teacher(cfg: Config) -> Any:
-    """Load the teacher on the driver (the caller checks its classes against the dataset's with ``check_teacher``).
-
-    Loading here, not on the workers, means a teacher file or registry only the driver can reach still works on
-    a cluster: the workers get the module through Ray's object store.
-
-    Raises:
-        ConfigError: ``distill.teacher: ...`` in one line.
-    """
-    from fovea.distill import load_teacher
-    from fovea.track import resolve_tracking_uri
-
-    try:
-        return load_teacher(
-            cfg.distill.teacher,
-            num_classes=0,
-            img_size=cfg.model.img_size,
-            checkpoint=cfg.distill.teacher_checkpoint,
-            pretrained=cfg.distill.teacher_pretrained,
-            tracking_uri=resolve_tracking_uri(cfg.track.uri),
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise ConfigError(f"distill.teacher: {err}") from None
 
 
 def init_ray(progress_bars: bool = False) -> None:
@@ -337,23 +162,23 @@ def build_torch_trainer(
         resources["GPU"] = 1
     return TorchTrainer(
         train_worker,
-        train_loop_config={
-            "config": config_for_workers(cfg),
-            "classes": manifest["classes"],
-            "train_count": manifest["splits"]["train"]["count"],
-            "val_count": manifest["splits"]["val"]["count"],
-            "tracking_uri": tracking_uri,
-            "experiment_id": experiment_id,
-            "run_name": run_name,
-            "run_tags": tags,
-            "run_id": run_id,
-            "teacher": teacher_ref,
-            "teacher_source": teacher_source,
-            "multi_view": "val_views" in datasets,
-            "stop_at_epoch": stop_at_epoch,
-            "progress_prefix": progress_prefix,
-            "initial_checkpoint": resume_from,
-        },
+        train_loop_config=WorkerPlan(
+            config=config_for_workers(cfg),
+            classes=tuple(manifest["classes"]),
+            train_count=manifest["splits"]["train"]["count"],
+            val_count=manifest["splits"]["val"]["count"],
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            run_tags=tags,
+            run_id=run_id,
+            teacher=teacher_ref,
+            teacher_source=teacher_source,
+            multi_view="val_views" in datasets,
+            stop_at_epoch=stop_at_epoch,
+            progress_prefix=progress_prefix,
+            initial_checkpoint=resume_from,
+        ).as_loop_config(),
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,  # (min, max): elastic
             elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_interval_s,
@@ -412,13 +237,17 @@ def prepare_teacher(cfg: Config, teacher: Any, classes: list[str]) -> tuple[Any,
     return ray.put(teacher), teacher.source
 
 
-def run_training(cfg: Config) -> TrainSummary:
+def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     """Train (or resume) the run described by ``cfg`` on Ray, then log and register the final model.
 
     Rerunning with the same ``train.name`` (and storage path) resumes from the last checkpoint and continues the
     same MLflow run.
+
+    Args:
+        checked: ``check_before_start(cfg)`` already passed (a job's command line runs it before Ray).
     """
-    check_before_start(cfg)
+    if not checked:
+        check_before_start(cfg)
     started = time.time()
     teacher = load_checked_teacher(cfg) if cfg.distill.type != "none" else None  # before Ray: fail fast
     init_ray()
@@ -501,150 +330,6 @@ def run_training(cfg: Config) -> TrainSummary:
     )
 
 
-def store_is_back(tracking_uri: str, run_id: str, timeout: float) -> bool:
-    """Before the driver logs the final model: wait for the tracking store (up to ``timeout`` s), send what the
-    worker could not (its fallback file on this machine) and draw the run's curves. False when the store stayed
-    unreachable."""
-    from fovea.track import fallback_file, log_curves_from_run, replay_fallback, wait_for_store
-
-    if not wait_for_store(tracking_uri, timeout):
-        print(f"warning: the MLflow tracking store at {tracking_uri} is unreachable", flush=True)
-        return False
-    pending = fallback_file(run_id)
-    if pending.is_file():
-        sent = replay_fallback(pending, tracking_uri)
-        print(f"sent {sent['metrics']} held metrics and {sent['artifacts']} artifacts from {pending}", flush=True)
-    log_curves_from_run(tracking_uri, run_id)
-    return True
-
-
-def log_final_model_of(
-    cfg: Config,
-    state: dict[str, Any],
-    tracking_uri: str,
-    run_id: str,
-    classes: list[str],
-    dataset_dir: Path,
-    last: dict[str, float],
-    *,
-    promote: bool = True,
-    extra_tags: dict[str, str] | None = None,
-) -> tuple[str | None, str | None, str]:
-    """Rebuild the trained model on CPU from the final checkpoint, log it to the run and register a version.
-
-    The version is tagged with what it is and where it came from (architecture, dataset and manifest hash, val
-    top-1/top-5, parameters, GMACs, git commit, recipe hash), takes ``track.challenger_alias``, and takes
-    ``track.champion_alias`` when ``track.promote``'s rule says so.
-
-    Args:
-        promote: apply the promotion rule (a sweep applies its own, on ``tune.metric``).
-        extra_tags: more version tags (a sweep's name and trial).
-
-    Returns:
-        ``(registered name, version, promotion line)``; name and version are None when nothing was registered.
-    """
-    import numpy as np
-
-    from fovea.data import location_label, manifest_hash
-    from fovea.models import count_macs, count_parameters, create_model, is_video_model
-    from fovea.provenance import git_commit
-    from fovea.track import finish_run, log_final_model, promote_new_version
-    from fovea.train.loop import normalization
-
-    video = is_video_model(cfg.model.name)
-    create_kwargs = model_create_args(cfg, num_classes=len(classes))
-    model = create_model(cfg.model.name, **create_kwargs)
-    model.load_state_dict(state["model"])
-    model.eval()
-    mean, std = normalization(model, cfg.data)
-    registered_name = cfg.registered_model_name if cfg.track.log_model else None
-    version, promotion = None, ""
-    if cfg.track.log_model:
-        size = cfg.model.img_size
-        frames = (cfg.data.num_frames,) if video else ()
-        example = np.zeros((1, 3, *frames, size, size), dtype=np.float32)
-        shape = (
-            f"(N, 3, {cfg.data.num_frames}, {size}, {size}) normalised clips"
-            if video
-            else (f"(N, 3, {size}, {size}) normalised images")
-        )
-        macs = count_macs(cfg.model.name, example.shape, **create_kwargs)
-        data_hash = manifest_hash(dataset_dir)
-        commit = git_commit()
-        version = log_final_model(
-            tracking_uri,
-            run_id,
-            model,
-            input_example=example,
-            registered_model_name=registered_name,
-            version_tags={
-                "architecture": type(model).__name__,
-                "model_name": cfg.model.name,
-                "dataset": location_label(dataset_dir),
-                "manifest_hash": data_hash,
-                "val_top1": f"{last['val_top1']:.2f}",
-                "val_top5": f"{last['val_top5']:.2f}",
-                **{key: f"{last[key]:.2f}" for key in ("val_mv_top1", "val_mv_top5") if key in last},
-                "epochs": str(int(last["epoch"])),
-                "params": str(count_parameters(model)),
-                "gmacs": f"{macs / 1e9:.4g}" if macs is not None else "unknown",
-                "img_size": str(cfg.model.img_size),
-                **({"num_frames": str(cfg.data.num_frames)} if video else {}),
-                "num_classes": str(len(classes)),
-                "git_commit": commit,
-                "recipe_hash": cfg.recipe_hash(),
-                "job": cfg.job,
-                **(extra_tags or {}),
-            },
-            description=(
-                f"{cfg.model.name} ({type(model).__name__}, {count_parameters(model) / 1e6:.2f}M parameters"
-                + (f", {macs / 1e9:.3g} GMACs per view" if macs is not None else "")
-                + f") trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir} "
-                f"(manifest {data_hash}); val top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%. "
-                f"Input: float32 {shape}, normalised with mean {tuple(round(m, 4) for m in mean)} and std "
-                f"{tuple(round(v, 4) for v in std)}; output: logits over the classes in model_info/classes.json. "
-                f"Source: git {commit}."
-            ),
-            classes=classes,
-            metadata={
-                "model_name": cfg.model.name,
-                "create_kwargs": create_kwargs,
-                "img_size": cfg.model.img_size,
-                "mean": list(mean),
-                "std": list(std),
-                **(
-                    {
-                        "num_frames": cfg.data.num_frames,
-                        "frame_interval": cfg.data.frame_interval,
-                        "sampling": cfg.data.sampling,
-                    }
-                    if video
-                    else {}
-                ),
-            },
-        )
-        if version is not None and promote:
-            metric = cfg.track.promote_metric
-            if metric not in last:
-                promotion = f"champion left as it is: this run has no {metric} (track.promote_metric)"
-            else:
-                _, promotion = promote_new_version(
-                    tracking_uri,
-                    registered_name,
-                    version,
-                    score=float(last[metric]),
-                    metric=metric,
-                    policy=cfg.track.promote,
-                    champion_alias=cfg.track.champion_alias,
-                    challenger_alias=cfg.track.challenger_alias,
-                    min_delta=cfg.track.promote_min_delta,
-                    dataset=location_label(dataset_dir),
-                    manifest_hash=data_hash,
-                )
-    finish_run(tracking_uri, run_id)
-    return registered_name, version, promotion
-
-
 def job_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:
     """A training job's whole command line: parse and check the config (before Ray), train, print the summary.
 
@@ -657,4 +342,7 @@ def job_main(job: str, configs_dir: str | Path, description: str = "", argv: lis
         workers = f"{scaling.min_workers}-{scaling.max_workers} (elastic)" if scaling.elastic else scaling.num_workers
         return f"fovea {job}: model {cfg.model.name}, {cfg.train.epochs} epochs, {workers} worker(s)"
 
-    return run_command(job, configs_dir, description, argv, check=check_before_start, run=run_training, banner=banner)
+    def run(cfg: Config) -> TrainSummary:
+        return run_training(cfg, checked=True)
+
+    return run_command(job, configs_dir, description, argv, check=check_before_start, run=run, banner=banner)

@@ -1,0 +1,136 @@
+"""Pre-flight checks (before Ray starts: the model, the dataset, a resume, the teacher) and the explanations of a
+failed run (a checkpoint, non-finite training, shard files): each problem a user can act on, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fovea.config import Config, ConfigError
+
+
+def check_before_start(cfg: Config) -> None:
+    """Checks that need no Ray: the model exists, the dataset folder is prepared, a resume is consistent.
+
+    Raises:
+        ConfigError: one line naming the field.
+    """
+    from fovea.data import load_manifest
+    from fovea.models import check_model_name, is_video_model
+
+    try:
+        check_model_name(cfg.model.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    video = is_video_model(cfg.model.name)
+    if cfg.data.path:
+        try:
+            kind = load_manifest(cfg.data.path).get("kind", "image")
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"data.path: {err}") from None
+        if (kind == "video") != video:
+            takes = "video clips" if video else "images"
+            raise ConfigError(f"data.path: {cfg.data.path} is a {kind} dataset, but {cfg.model.name} takes {takes}")
+    elif video and cfg.data.hflip > 0:
+        raise ConfigError(
+            "data.hflip: the demo videos' classes include move_left and move_right, mirror images of each other; "
+            "set data.hflip=0"
+        )
+    if video and cfg.distill.type != "none":
+        raise ConfigError("distill.type: distillation is implemented for image models only")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
+        raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
+    if cfg.model.pretrained and cfg.model.checkpoint:
+        raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
+    if cfg.distill.type != "none":
+        check_teacher_spec(cfg)
+
+
+def check_teacher_spec(cfg: Config) -> None:
+    from fovea.distill import teacher_kind
+    from fovea.models import check_model_name
+    from fovea.refs import parse_registry_uri
+
+    spec = cfg.distill.teacher
+    kind = teacher_kind(spec)
+    if kind == "registry":
+        try:
+            parse_registry_uri(spec)
+        except ValueError as err:
+            raise ConfigError(f"distill.teacher: {err}") from None
+    elif kind == "file":
+        path = Path(spec).expanduser()
+        if not (path.is_file() or (path / "checkpoint.pt").is_file()):
+            raise ConfigError(f"distill.teacher: no such checkpoint file: {spec}")
+    else:
+        try:
+            check_model_name(spec)
+        except ValueError as err:
+            raise ConfigError(f"distill.teacher: {err}".replace("model.name: ", "")) from None
+        if not cfg.distill.teacher_checkpoint and not cfg.distill.teacher_pretrained:
+            raise ConfigError(
+                f"distill.teacher={spec} needs weights: set distill.teacher_checkpoint=FILE "
+                "(or distill.teacher_pretrained=true for timm's published weights)"
+            )
+    if kind != "name" and (cfg.distill.teacher_checkpoint or cfg.distill.teacher_pretrained):
+        raise ConfigError("distill.teacher_checkpoint/teacher_pretrained go with a teacher given by model name")
+    if cfg.distill.teacher_checkpoint and not Path(cfg.distill.teacher_checkpoint).expanduser().is_file():
+        raise ConfigError(f"distill.teacher_checkpoint: no such file: {cfg.distill.teacher_checkpoint}")
+    if cfg.distill.heads == "token":
+        from fovea.distill import has_distillation_token
+        from fovea.models import create_model
+
+        student = create_model(cfg.model.name, num_classes=2, img_size=cfg.model.img_size, **cfg.model.kwargs)
+        if not has_distillation_token(student):
+            raise ConfigError(f"distill.heads=token: {cfg.model.name} has no distillation token")
+
+
+def load_checked_teacher(cfg: Config) -> Any:
+    """Load the teacher on the driver (the caller checks its classes against the dataset's with ``check_teacher``).
+
+    Loading here, not on the workers, means a teacher file or registry only the driver can reach still works on
+    a cluster: the workers get the module through Ray's object store.
+
+    Raises:
+        ConfigError: ``distill.teacher: ...`` in one line.
+    """
+    from fovea.distill import load_teacher
+    from fovea.track import resolve_tracking_uri
+
+    try:
+        return load_teacher(
+            cfg.distill.teacher,
+            num_classes=0,
+            img_size=cfg.model.img_size,
+            checkpoint=cfg.distill.teacher_checkpoint,
+            pretrained=cfg.distill.teacher_pretrained,
+            tracking_uri=resolve_tracking_uri(cfg.track.uri),
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise ConfigError(f"distill.teacher: {err}") from None
+
+
+def checkpoint_failure(err: BaseException) -> str | None:
+    """The one-line problem behind a failed ``trainer.fit()`` when it is one fovea explains (a checkpoint, or
+    non-finite training; Ray Train's ``WorkerGroupError`` carries each worker's exception, wrapped with its
+    traceback), or None."""
+    from fovea.checkpoints import CheckpointError, CheckpointWriteError
+    from fovea.train.rollback import NonFiniteTraining
+
+    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        original = getattr(failure, "_base_exc", failure)  # Ray's UserExceptionWithTraceback wraps it
+        if isinstance(original, CheckpointError | CheckpointWriteError | NonFiniteTraining):
+            return f"worker {rank}: {original}"
+    return None
+
+
+def data_failure(err: BaseException, max_bad_shards: int) -> str | None:
+    """The one-line shard problem behind a failed ``trainer.fit()``: a shard file that failed to read with the split's
+    ``data.max_bad_shards`` used up (Ray Data failed the pass, the worker reading it failed), or None."""
+    from fovea.data.shards import shard_read_problem
+
+    for rank, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+        problem = shard_read_problem(failure)
+        if problem:
+            return f"worker {rank}: {problem}; more shard files failed than data.max_bad_shards={max_bad_shards} allows"
+    return None

@@ -10,7 +10,7 @@ import decord
 import numpy as np
 import pytest
 
-from fovea.data.demo_video import DEMO_ACTIONS, _motion, make_demo_videos, render_demo_video
+from fovea.data.demo_video import DEMO_ACTIONS, action_motion, make_demo_videos, render_demo_video
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def test_layout_real_mp4s_and_reproducible(tmp_path: Path) -> None:
 def test_each_class_moves_as_named(seed: int) -> None:
     size, frames = 192.0, 32
     for action in DEMO_ACTIONS:
-        motion = _motion(action, np.random.default_rng([seed, DEMO_ACTIONS.index(action)]), size, frames)
+        motion = action_motion(action, np.random.default_rng([seed, DEMO_ACTIONS.index(action)]), size, frames)
         dx, dy = motion["centre"][-1] - motion["centre"][0]
         turn = motion["angle"][-1] - motion["angle"][0]
         growth = motion["radius"][-1] / motion["radius"][0]
@@ -67,7 +67,7 @@ def test_no_single_frame_tells_the_class() -> None:
     # reversal), and its position and angle are uniform in all of them: one frame says nothing of the class
     middle = {}
     for action in DEMO_ACTIONS:
-        radii = [_motion(action, np.random.default_rng([s]), 192.0, 33)["radius"][16] for s in range(300)]
+        radii = [action_motion(action, np.random.default_rng([s]), 192.0, 33)["radius"][16] for s in range(300)]
         middle[action] = (min(radii), max(radii))
     low = max(r[0] for r in middle.values())
     high = min(r[1] for r in middle.values())

@@ -236,7 +236,7 @@ def _warm_page_cache(shards: list[str]) -> None:
 def _row_decoder(manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size: int) -> tuple[str, list[str], Any]:
     """``(key, columns, decode)``: the decoded column, the stored columns read, and the training-time row decoder."""
     from fovea.data.clips import CLIP_COLUMNS, DecodeClips
-    from fovea.data.stream import _augment_args, clip_spec
+    from fovea.data.stream import augment_args, clip_spec
     from fovea.data.transforms import DecodeImages
 
     if kind == "video":
@@ -249,7 +249,7 @@ def _row_decoder(manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size
             decode_threads=data_cfg.decode_threads,
         )
         return "video", CLIP_COLUMNS, decode
-    return "image", ["image", "label"], DecodeImages(img_size, train=True, **_augment_args(data_cfg))
+    return "image", ["image", "label"], DecodeImages(img_size, train=True, **augment_args(data_cfg))
 
 
 def _ray_round(

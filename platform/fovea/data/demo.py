@@ -45,7 +45,7 @@ _MIN_LUMA_CONTRAST = 70.0
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _regular_polygon(num_vertices: int, radius: float = 1.0, phase: float = np.pi / 2) -> np.ndarray:
+def regular_polygon(num_vertices: int, radius: float = 1.0, phase: float = np.pi / 2) -> np.ndarray:
     """Vertices ``(num_vertices, 2)`` of a regular polygon around the origin, the first one at angle ``phase``."""
     angles = phase + 2 * np.pi * np.arange(num_vertices) / num_vertices
     return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -53,8 +53,8 @@ def _regular_polygon(num_vertices: int, radius: float = 1.0, phase: float = np.p
 
 def _star(inner: float) -> np.ndarray:
     """A five-pointed star: outer radius 1, inner radius ``inner``."""
-    outer = _regular_polygon(5)
-    inner_points = _regular_polygon(5, inner, phase=np.pi / 2 + np.pi / 5)
+    outer = regular_polygon(5)
+    inner_points = regular_polygon(5, inner, phase=np.pi / 2 + np.pi / 5)
     return np.stack([outer, inner_points], axis=1).reshape(10, 2)
 
 
@@ -79,16 +79,16 @@ def _shape_polygons(class_name: str, rng: np.random.Generator) -> tuple[list[np.
         ``(filled, holes)``: polygons painted with the object colour, then polygons cut back out of them.
     """
     if class_name == "circle":
-        return [_regular_polygon(48, 0.9)], []
+        return [regular_polygon(48, 0.9)], []
     if class_name == "square":
         return [_rectangle(-0.78, -0.78, 0.78, 0.78)], []
     if class_name == "triangle":
-        return [_regular_polygon(3, 1.1)], []
+        return [regular_polygon(3, 1.1)], []
     if class_name == "cross":
         # thin arms: a fat plus and a five-pointed star are the same blob at 32x32
         return [_plus(rng.uniform(0.16, 0.22))], []
     if class_name == "ring":
-        return [_regular_polygon(48, 1.0)], [_regular_polygon(48, rng.uniform(0.5, 0.65))]
+        return [regular_polygon(48, 1.0)], [regular_polygon(48, rng.uniform(0.5, 0.65))]
     if class_name == "star":
         return [_star(rng.uniform(0.36, 0.42))], []
     if class_name == "horizontal_stripes":
@@ -108,7 +108,7 @@ def _shape_polygons(class_name: str, rng: np.random.Generator) -> tuple[list[np.
     raise ValueError(f"unknown demo class {class_name!r}; expected one of {', '.join(DEMO_CLASSES)}")
 
 
-def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random background colour and a random object colour whose brightness clearly differs from it."""
     background = rng.uniform(0, 255, size=3)
     for _ in range(32):
@@ -131,7 +131,7 @@ def render_demo_image(class_name: str, rng: np.random.Generator, size: int = 64)
         The image, ``(size, size, 3)`` uint8.
     """
     filled, holes = _shape_polygons(class_name, rng)
-    background, colour = _contrasting_colours(rng)
+    background, colour = contrasting_colours(rng)
 
     # Object placement: radius 24-36% of the side, centre kept so the object stays mostly inside the frame.
     big = size * _SUPERSAMPLE

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fovea.data.demo import _contrasting_colours, _regular_polygon, ensure_prepared, write_class_folders
+from fovea.data.demo import contrasting_colours, ensure_prepared, regular_polygon, write_class_folders
 from fovea.paths import fovea_home
 
 DEMO_ACTIONS = (
@@ -46,7 +46,7 @@ def _object_shape(rng: np.random.Generator) -> np.ndarray:
     """A unit-sized polygon ``(V, 2)`` with a visible orientation."""
     choice = int(rng.integers(4))
     if choice == 0:
-        return _regular_polygon(3) * np.array([0.7, 1.0])  # a tall triangle
+        return regular_polygon(3) * np.array([0.7, 1.0])  # a tall triangle
     if choice == 1:
         return _KITE.copy()
     if choice == 2:
@@ -54,7 +54,7 @@ def _object_shape(rng: np.random.Generator) -> np.ndarray:
     return _L_SHAPE.copy()
 
 
-def _motion(action: str, rng: np.random.Generator, size: float, num_frames: int) -> dict[str, np.ndarray]:
+def action_motion(action: str, rng: np.random.Generator, size: float, num_frames: int) -> dict[str, np.ndarray]:
     """Per-frame centre ``(T, 2)``, angle ``(T,)`` and radius ``(T,)`` of the object, in supersampled pixels."""
     t = np.arange(num_frames, dtype=np.float64)
     radius0 = size * rng.uniform(0.2, 0.3)  # large enough to read at 32 px (see RESULTS.md)
@@ -110,8 +110,8 @@ def render_demo_video(action: str, rng: np.random.Generator, *, size: int = 96, 
         raise ValueError(f"unknown demo action {action!r}; expected one of {', '.join(DEMO_ACTIONS)}")
     big = size * _SUPERSAMPLE
     shape = _object_shape(rng)
-    background, colour = _contrasting_colours(rng)
-    motion = _motion(action, rng, big, num_frames)
+    background, colour = contrasting_colours(rng)
+    motion = action_motion(action, rng, big, num_frames)
     # a fixed background texture (cheap to encode) and a soft distractor drifting in its own direction
     texture = rng.normal(0, rng.uniform(3.0, 10.0), size=(size, size, 3)).astype(np.float32)
     base = np.clip(background.astype(np.float32) + texture, 0, 255)

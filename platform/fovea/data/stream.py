@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import ray.data
 
 
-def _augment_args(data_cfg: Any) -> dict[str, Any]:
+def augment_args(data_cfg: Any) -> dict[str, Any]:
     return dict(
         crop_scale=tuple(data_cfg.crop_scale),
         crop_ratio=tuple(data_cfg.crop_ratio),
@@ -149,11 +149,11 @@ def build_image_datasets(
     if data_cfg.jpeg_decode == "device":  # the tasks only plan the crops; the worker decodes on its device
         from fovea.data.device_decode import PlanCrops
 
-        augment = {k: v for k, v in _augment_args(data_cfg).items() if not k.startswith("randaugment")}
+        augment = {k: v for k, v in augment_args(data_cfg).items() if not k.startswith("randaugment")}
         train_decode: Any = PlanCrops(img_size, train=True, **augment)
         val_decode: Any = PlanCrops(img_size, train=False, crop_pct=data_cfg.crop_pct)
     else:
-        train_decode = DecodeImages(img_size, train=True, **_augment_args(data_cfg))
+        train_decode = DecodeImages(img_size, train=True, **augment_args(data_cfg))
         val_decode = DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct)
     batch = data_cfg.decode_batch_size
     cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, max_bad_shards=data_cfg.max_bad_shards)

@@ -15,7 +15,7 @@ python jobs/evaluate.py --help                 # every config field with its def
 import sys
 from pathlib import Path
 
-from fovea.evaluation import evaluation_main
+from fovea.evaluate.job import evaluation_main
 
 if __name__ == "__main__":
     sys.exit(evaluation_main(Path(__file__).parent / "configs" / "evaluate", __doc__.splitlines()[0]))

@@ -1,5 +1,6 @@
 """DeiT knowledge distillation (Touvron et al. 2021, "Training data-efficient image transformers & distillation
-through attention"): the soft and hard distillation losses, the frozen teacher, and loading it.
+through attention"): the soft and hard distillation losses, the frozen teacher, and loading it (``fovea.sources``
+builds the model; this module names it and checks it fits).
 
 The loss follows the paper's Eq. 2-3 with λ = ``alpha`` and τ = ``tau``:
 
@@ -17,15 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from fovea.sources import LoadedModel
+
 DistillType = Literal["none", "soft", "hard"]
 Outputs = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -168,7 +171,8 @@ class Teacher(nn.Module):
 
 @dataclass
 class LoadedTeacher:
-    """A teacher model on the CPU with what is known about it."""
+    """A teacher model on the CPU with what is known about it (``teacher_of`` makes one from what
+    ``fovea.sources`` loads); ``source`` names it in messages."""
 
     model: nn.Module
     source: str
@@ -176,6 +180,22 @@ class LoadedTeacher:
     std: tuple[float, ...]
     classes: list[str] | None = None
     details: dict[str, str] = field(default_factory=dict)
+
+
+def teacher_of(loaded: LoadedModel) -> LoadedTeacher:
+    """The teacher a loaded model makes, named by where its weights were read (a registry reference as given, with
+    the version it resolved to)."""
+    details = {"model_name": loaded.model_name}
+    if loaded.kind == "registry":
+        source = f"{loaded.source} (version {loaded.version})"
+        details = {"version": loaded.version or "", "run_id": loaded.source_run_id or "", **details}
+    else:
+        source = loaded.location
+        if loaded.kind == "checkpoint":
+            details["epoch"] = "" if loaded.epoch is None else str(loaded.epoch)
+    return LoadedTeacher(
+        model=loaded.module, source=source, mean=loaded.mean, std=loaded.std, classes=loaded.classes, details=details
+    )
 
 
 def teacher_kind(spec: str) -> Literal["registry", "file", "name"]:
@@ -196,63 +216,25 @@ def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> L
     needed. For a bare weights file, name the architecture in ``distill.teacher`` and pass the file as
     ``distill.teacher_checkpoint``.
     """
-    import json
+    from fovea.checkpoints import CHECKPOINT_FILE
+    from fovea.sources import NotACheckpoint, load_checkpoint_model
 
-    from fovea.checkpoints import load_verified
-    from fovea.models import create_model
-
+    given = str(path)
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise ValueError(f"no such checkpoint file: {path}")
-    state = load_verified(path)  # checksum checked when there is one; weights_only: never unpickles objects
-    if not (isinstance(state, dict) and "config" in state and "model" in state):
-        raise ValueError(
-            f"{path} is not a fovea checkpoint; for a plain weights file set distill.teacher to the model name "
-            "and distill.teacher_checkpoint to the file"
-        )
-    config = json.loads(state["config"])
-    model_cfg, data_cfg = config["model"], config.get("data", {})
-    classes = list(state.get("classes") or []) or None
-    if classes is None and num_classes <= 0:
-        raise ValueError(f"{path} does not record its classes")
-    model = create_model(
-        model_cfg["name"],
-        num_classes=len(classes) if classes else num_classes,
-        img_size=model_cfg.get("img_size"),
-        window_size=model_cfg.get("window_size"),
-        **model_cfg.get("kwargs", {}),
-    )
-    model.load_state_dict(state["model"])
-    from fovea.models import model_statistics
-
-    mean, std = model_statistics(model)
-    return LoadedTeacher(
-        model=model.eval(),
-        source=str(path),
-        mean=tuple(data_cfg.get("mean") or mean),
-        std=tuple(data_cfg.get("std") or std),
-        classes=classes,
-        details={"model_name": model_cfg["name"], "epoch": str(state.get("epoch", ""))},
-    )
-
-
-def _head_size(name: str, checkpoint: str) -> int:
-    """The number of classes a teacher's weights were trained for (its classifier's rows)."""
-    from timm.models import get_pretrained_cfg_value
-
-    from fovea.models.factory import read_state_dict
-
-    classifier = get_pretrained_cfg_value(name, "classifier") or "head"
-    if not checkpoint:
-        return int(get_pretrained_cfg_value(name, "num_classes") or 1000)
-    state = read_state_dict(Path(checkpoint).expanduser())
-    first = classifier if isinstance(classifier, str) else classifier[0]
-    weight = state.get(f"{first}.weight")
-    if weight is None:
-        raise ValueError(f"{checkpoint}: no {first}.weight classifier for {name}, so its classes are unknown")
-    return int(weight.shape[0])
+    try:  # checksum checked when there is one; weights_only: never unpickles objects
+        loaded = load_checkpoint_model(path, given, num_classes=num_classes)
+    except NotACheckpoint as err:
+        if err.missing & {"model", "config"}:
+            raise ValueError(
+                f"{path} is not a fovea checkpoint; for a plain weights file set distill.teacher to the model name "
+                "and distill.teacher_checkpoint to the file"
+            ) from None
+        raise ValueError(f"{path} does not record its classes") from None
+    return teacher_of(loaded)
 
 
 def load_teacher_by_name(
@@ -264,7 +246,7 @@ def load_teacher_by_name(
     weights' classifier has): a teacher with a fresh head would teach noise, so unlike fine-tuning nothing is
     skipped.
     """
-    from fovea.models import create_model, load_weights
+    from fovea.sources import load_named_model
 
     if not checkpoint and not pretrained:
         raise ValueError(
@@ -272,43 +254,17 @@ def load_teacher_by_name(
         )
     if checkpoint and not Path(checkpoint).expanduser().is_file():
         raise ValueError(f"distill.teacher_checkpoint: no such file: {checkpoint}")
-    if num_classes <= 0:
-        num_classes = _head_size(name, checkpoint)
-    model = create_model(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained)
-    if checkpoint:
-        loaded = load_weights(model, Path(checkpoint).expanduser())
-        if loaded["skipped"] or loaded["missing"]:
-            keys = ", ".join((loaded["skipped"] + loaded["missing"])[:4])
-            raise ValueError(f"{checkpoint}: its classifier does not fit {num_classes} classes ({keys})")
-    from fovea.models import model_statistics
-
-    mean, std = model_statistics(model)
-    return LoadedTeacher(
-        model=model.eval(), source=checkpoint or f"{name} (published weights)", mean=mean, std=std,
-        details={"model_name": name},
-    )  # fmt: skip
+    loaded = load_named_model(
+        name, num_classes=num_classes, img_size=img_size, checkpoint=checkpoint, pretrained=pretrained
+    )
+    return teacher_of(loaded)
 
 
 def load_teacher_from_registry(model_uri: str, *, tracking_uri: str) -> LoadedTeacher:
-    """A teacher registered in MLflow (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``), via ``fovea.track``."""
-    from fovea.sources import load_registered_model
+    """A teacher registered in MLflow (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``), via ``fovea.sources``."""
+    from fovea.sources import load_registry_model
 
-    model, info = load_registered_model(model_uri, tracking_uri)
-    from fovea.models import model_statistics
-
-    mean, std = model_statistics(model)
-    return LoadedTeacher(
-        model=model,
-        source=f"{model_uri} (version {info['version']})",
-        mean=tuple(info.get("mean") or mean),
-        std=tuple(info.get("std") or std),
-        classes=list(info["classes"]) if info.get("classes") else None,
-        details={
-            "version": info["version"],
-            "run_id": info.get("run_id") or "",
-            "model_name": info.get("model_name", ""),
-        },
-    )
+    return teacher_of(load_registry_model(model_uri, model_uri, tracking_uri))
 
 
 def load_teacher(

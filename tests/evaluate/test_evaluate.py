@@ -17,16 +17,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import make_colour_folder
+from helpers import mlflow_store, prepare_colour_set, smoke_config
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from fovea.config import build_config, load_yaml
-from fovea.data import ClipSpec, DecodeClips, DecodeImages, load_manifest, manifest_hash, prepare_images, prepare_videos
+from fovea.config import build_config
+from fovea.data import ClipSpec, DecodeClips, DecodeImages, load_manifest, manifest_hash, prepare_videos
 from fovea.data.clips import CLIP_COLUMNS
 from fovea.data.demo_video import render_demo_video, write_mp4
+from fovea.data.eval_views import DecodeImageViews, crop_offsets
 from fovea.data.transforms import eval_resize_size
-from fovea.evaluation import DecodeImageViews, crop_offsets, evaluation_main, run_evaluation
+from fovea.evaluate.job import evaluation_main, run_evaluation
 from fovea.models import create_model, save_model_dir
 from fovea.track import ensure_experiment, log_final_model
 
@@ -46,10 +47,7 @@ REGISTERED = "tiny-eval"
 @pytest.fixture(scope="module")
 def image_set(ray_local, tmp_path_factory) -> Path:
     """3 colour classes x 12 images of assorted sizes (mostly not square), half of each held out as val."""
-    base = tmp_path_factory.mktemp("eval_images")
-    make_colour_folder(base / "raw", per_class=12)
-    prepare_images(base / "raw", base / "prepared", val_fraction=0.5, shard_rows=8)
-    return base / "prepared"
+    return prepare_colour_set(tmp_path_factory.mktemp("eval_images"), per_class=12, val_fraction=0.5, shard_rows=8)
 
 
 def _rows(dataset: Path, split: str, columns: list[str]) -> dict[str, np.ndarray]:
@@ -97,7 +95,7 @@ def _info(classes: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def registry(model, tmp_path_factory) -> dict:
     """The model registered as ``tiny-eval`` version 1 (alias champion) from a run that recorded crop_pct."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('eval_mlflow') / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path_factory.mktemp("eval_mlflow"))
     client = MlflowClient(uri, registry_uri=uri)
     run = client.create_run(ensure_experiment(uri, "training"), run_name="train-tiny")
     client.log_param(run.info.run_id, "data.crop_pct", str(CROP_PCT))
@@ -120,8 +118,7 @@ def registry(model, tmp_path_factory) -> dict:
 
 
 def _config(**sections) -> object:
-    layers = [{"job": "evaluate"}, load_yaml(CONFIGS / "smoke.yaml"), {"track": {"enabled": False}}, sections]
-    return build_config(layers)
+    return smoke_config("evaluate", "evaluate", {"track": {"enabled": False}}, sections)
 
 
 def _expected(model: torch.nn.Module, dataset: Path, *, crops: int = 1, flip: bool = False) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.fs
 import pytest
 import torch
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 from fovea import checkpoints
@@ -228,7 +229,7 @@ def test_a_checkpoint_failure_on_a_worker_ends_the_job_in_one_line(capsys):
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
     from fovea.jobs import RunFailure, run_command
-    from fovea.train.trainer import checkpoint_failure
+    from fovea.train.checks import checkpoint_failure
 
     full = CheckpointWriteError("could not write checkpoint /tmp/t/checkpoint.pt: No space left on device")
     failures = {
@@ -273,9 +274,9 @@ class Bomb:
 
 def test_pickled_objects_are_refused_everywhere_a_file_is_loaded(tmp_path):
     from fovea.distill import load_teacher
-    from fovea.evaluation import load_eval_model
     from fovea.models import create_model, load_model_dir
     from fovea.models.factory import read_state_dict
+    from fovea.sources import load_model as load_eval_model
 
     marker = tmp_path / "exploded"
     run = tmp_path / "run" / "checkpoint_2026-11-26_10-00-01.000000"
@@ -315,11 +316,11 @@ def test_registered_models_load_from_their_pickle_free_copy_never_the_pickle(tmp
 
     from fovea.cli import main
     from fovea.distill import load_teacher
-    from fovea.evaluation import load_eval_model
     from fovea.models import create_model, load_model_dir
+    from fovea.sources import load_model as load_eval_model
     from fovea.track import log_final_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("trap", artifact_location=(tmp_path / "artifacts").as_uri())
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import mlflow_store
 from torch import nn
 
 from fovea.config import ConfigError, build_config
@@ -24,8 +25,8 @@ from fovea.distill import (
 )
 from fovea.models import create_model
 from fovea.refs import parse_registry_uri
+from fovea.train.checks import check_before_start
 from fovea.train.loop import Normalize, evaluate, train_one_epoch
-from fovea.train.trainer import check_before_start
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -292,7 +293,7 @@ def test_teacher_from_a_real_mlflow_registry(tmp_path):
 
     from fovea.track import log_final_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     torch.manual_seed(5)
     trained = create_model("vit_nano_patch4_16", num_classes=5).eval()
     mlflow.set_tracking_uri(uri)

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from fovea.errors import first_line
+
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKSUM_SUFFIX = ".sha256"
 RUN_CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's folder names: checkpoint_<date and time with microseconds>
@@ -62,8 +64,7 @@ def _reason(err: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return first_line(err)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fovea.errors import typed_line
+
 if TYPE_CHECKING:
     from fovea.sources import LoadedModel
 
@@ -313,8 +315,7 @@ def check_teacher(teacher: LoadedTeacher, *, classes: list[str], img_size: int) 
             logits = teacher.model.eval()(probe)
     except Exception as err:  # noqa: BLE001 - any failure here means the teacher cannot score the batch
         raise ValueError(
-            f"teacher {teacher.source} does not take {img_size}x{img_size} images "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"teacher {teacher.source} does not take {img_size}x{img_size} images ({typed_line(err)})"
         ) from None
     if isinstance(logits, (tuple, list)):
         logits = logits[0]

@@ -21,6 +21,17 @@ def first_line(err: BaseException, *, limit: int | None = None) -> str:
     return line[:limit] if limit else line
 
 
+def typed_line(err: BaseException, *, limit: int | None = None) -> str:
+    """``"ValueError: first line"`` (just the class name for an error with no message): where the error's kind is
+    part of the news, as in "the model cannot be built: TypeError: ...".
+
+    Args:
+        limit: cut the message's line to this many characters (None: keep it whole).
+    """
+    text = str(getattr(err, "message", "") or err).strip()
+    return f"{type(err).__name__}: {first_line(err, limit=limit)}" if text else type(err).__name__
+
+
 def joined_lines(err: BaseException) -> str:
     """An error's whole message folded onto one line (pyarrow's and Pillow's may take several)."""
     return " ".join(str(err).split()) or type(err).__name__

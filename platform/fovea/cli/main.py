@@ -16,6 +16,7 @@ from fovea.cli.datasets import datasets_list, datasets_show
 from fovea.cli.format import CommandError
 from fovea.cli.models import models_download, models_list, models_promote, models_show, models_versions
 from fovea.cli.runs import runs_compare, runs_list, runs_sync
+from fovea.errors import typed_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as err:  # never a traceback: one line that says what broke
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return _fail(f"{type(err).__name__}: {text}", code=1)
+        return _fail(typed_line(err), code=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fovea.config.schema import FREE_FORM_FIELDS, Config
-from fovea.errors import ConfigError
+from fovea.errors import ConfigError, first_line
 from fovea.secrets import MARKER, is_secret_name, redact
 
 
@@ -141,7 +141,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping of sections (model:, data:, ...)")
     return data

@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fovea.errors import first_line
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fovea-dataset/1"
 
@@ -121,7 +123,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         except FileNotFoundError:
             raise
         except OSError as error:  # unreachable, no access: one line
-            raise FileNotFoundError(f"cannot read {location_label(file)}: {str(error).splitlines()[0]}") from None
+            raise FileNotFoundError(f"cannot read {location_label(file)}: {first_line(error)}") from None
         _check(manifest, file)
         base, query = _split_uri(file)
         folder = base.rsplit("/", 1)[0] + query

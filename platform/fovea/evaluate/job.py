@@ -30,6 +30,7 @@ from typing import Any
 from fovea.config import Config, ConfigError, build_config
 from fovea.data.eval_views import build_eval_dataset, view_layout, views_per_sample
 from fovea.data.manifest import location_label
+from fovea.errors import first_line, typed_line
 from fovea.evaluate.score import score_batches
 from fovea.evaluate.scoring import ModeScores, eval_device
 from fovea.sources import LoadedModel, load_model, resolve_path_source, source_kind
@@ -362,7 +363,7 @@ def run_evaluation(cfg: Config) -> EvaluationResult:
         model = load_model(cfg.eval.model, tracking_uri)
     except (ValueError, OSError, RuntimeError, KeyError, ImportError) as err:
         # state-dict mismatches list every key on its own line: the first line says what is wrong
-        raise ConfigError(f"eval.model: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}") from None
+        raise ConfigError(f"eval.model: {first_line(err)}") from None
     cfg = configure_for_model(cfg, model)
     order = None
     if cfg.data.path:  # check before Ray starts; the demo set is made (with Ray) on first use
@@ -481,7 +482,7 @@ def record_result(cfg: Config, result: EvaluationResult, tracking_uri: str) -> N
             dataset_digest=result.manifest_hash,
         )
     except Exception as err:  # noqa: BLE001 - the scores are printed whatever happens to the tracking store
-        result.notes.append(f"not recorded in MLflow ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})")
+        result.notes.append(f"not recorded in MLflow ({typed_line(err, limit=200)})")
         return
     result.run_id, result.tracking_uri = record.run_id, tracking_uri
     result.linked_version, result.model_id = record.linked_version, record.model_id

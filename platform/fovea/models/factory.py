@@ -13,6 +13,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
+from fovea.errors import typed_line
+
 _VIDEO_MODELS: set[str] = set()
 
 
@@ -134,7 +136,7 @@ def create_model(
         if not pretrained:
             raise
         raise RuntimeError(
-            f"could not fetch published weights for {name} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"could not fetch published weights for {name} ({typed_line(err)}); "
             "without hub access, download them elsewhere and pass model.checkpoint=FILE"
         ) from None
     if checkpoint:

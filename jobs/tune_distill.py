@@ -11,7 +11,7 @@ python jobs/tune_distill.py --help             # every config field (tune.* incl
 import sys
 from pathlib import Path
 
-from fovea.tune.sweep import sweep_main
+from fovea.tune.driver import sweep_main
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -10,7 +10,7 @@ python jobs/tune_window.py --help              # every config field (tune.* incl
 import sys
 from pathlib import Path
 
-from fovea.tune.sweep import sweep_main
+from fovea.tune.driver import sweep_main
 
 if __name__ == "__main__":
     sys.exit(sweep_main("tune_window", Path(__file__).parent / "configs" / "tune_window", __doc__.splitlines()[0]))

@@ -299,17 +299,15 @@ def test_a_config_with_secrets_reaches_the_workers_through_the_object_store(cfg,
 
 
 def test_sweep_state_holds_no_secret_and_still_resumes(cfg, tmp_path):
-    from fovea.tune.driver import STATE_FILE
-    from fovea.tune.driver import check_same_sweep as _check_same_sweep
-    from fovea.tune.driver import write_state as _write_state
+    from fovea.tune.driver import STATE_FILE, check_same_sweep, write_state
 
     searched = {"tune": {"space": {"model.kwargs.class_token": "choice(true, false)"}}}
     swept = build_config([cfg.model_dump(mode="json"), searched])
-    _write_state(tmp_path, swept)
+    write_state(tmp_path, swept)
     saved = (tmp_path / STATE_FILE).read_text()
     _assert_hidden(saved)
     assert json.loads(saved)["config"]["tune"]["space"] == {"model.kwargs.class_token": MARKER}
-    _check_same_sweep(tmp_path, swept)  # the same sweep resumes: it is compared as it was saved
+    check_same_sweep(tmp_path, swept)  # the same sweep resumes: it is compared as it was saved
     other = build_config([swept.model_dump(mode="json"), {"tune": {"scheduler": "fifo"}}])
     with pytest.raises(ConfigError, match="tune.scheduler: sweep"):
-        _check_same_sweep(tmp_path, other)
+        check_same_sweep(tmp_path, other)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import mlflow_store, run_job
 
 from fovea.config import ConfigError, build_config, parse_job_args
 from fovea.models import create_model, window_fit_problem
-from fovea.train.loop import build_optimizer, build_scheduler, restore_hyperparameters
+from fovea.train.build import build_optimizer
+from fovea.train.schedule import build_scheduler, restore_hyperparameters
+from fovea.tune.driver import check_sweep, concurrent_trials, default_sweep_name
 from fovea.tune.report import format_table, map_axes, map_file_name, plot_map, plot_objective, write_csv
+from fovea.tune.results import TrialTableBase
 from fovea.tune.space import apply_values, grid_size, parse_dimension, parse_space, to_param_space
-from fovea.tune.sweep import TrialTableBase, check_sweep, concurrent_trials, default_sweep_name, trial_config
+from fovea.tune.trial import trial_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER = {"distill": {"teacher": "models:/teacher@champion"}}
@@ -131,18 +133,7 @@ def test_space_from_the_command_line_and_presets(tmp_path):
 
 def test_unknown_search_path_fails_before_ray_starts():
     started = time.time()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "jobs" / "tune_distill.py"),
-            "--preset",
-            "smoke",
-            "tune.space.distill.tauu=uniform(1, 2)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_job("tune_distill.py", "--preset", "smoke", "tune.space.distill.tauu=uniform(1, 2)")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "tune_distill: config error: tune.space.distill.tauu: unknown config path (did you mean distill.tau?)"
@@ -261,7 +252,7 @@ def test_champion_moves_only_when_beaten_on_the_same_dataset(tmp_path):
 
     from fovea.track import champion_decision
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("m")
     version = client.create_model_version("m", source="file:///nowhere", tags={"dataset": "/d", "val_top1": "70.0"})
@@ -323,21 +314,21 @@ def test_schedulers_and_searchers_follow_the_config():
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from fovea.tune.sweep import _scheduler, _search, trial_resources
+    from fovea.tune.driver import make_scheduler, make_search, trial_resources
 
     space = {"optim.lr": "loguniform(1e-4, 1e-2)"}
     asha = _cfg(space, tune={"grace_period": 2, "reduction_factor": 3}, train={"epochs": 9})
-    scheduler = _scheduler(asha, parse_space(asha))
+    scheduler = make_scheduler(asha, parse_space(asha))
     assert isinstance(scheduler, ASHAScheduler)
     assert scheduler._time_attr == "epoch" and scheduler._max_t == 9 and scheduler._reduction_factor == 3
     assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == [6, 2]  # rungs at epochs 2 and 6
-    assert isinstance(_scheduler(_cfg(space, tune={"scheduler": "fifo"}), []), FIFOScheduler)
+    assert isinstance(make_scheduler(_cfg(space, tune={"scheduler": "fifo"}), []), FIFOScheduler)
     pbt = _cfg(space, tune={"scheduler": "pbt", "perturbation_interval": 3})
-    assert isinstance(_scheduler(pbt, parse_space(pbt)), PopulationBasedTraining)
+    assert isinstance(make_scheduler(pbt, parse_space(pbt)), PopulationBasedTraining)
 
-    searcher, limit = _search(asha, concurrency=2)
+    searcher, limit = make_search(asha, concurrency=2)
     assert isinstance(searcher, BasicVariantGenerator) and limit is None  # the generator holds the limit itself
-    searcher, limit = _search(_cfg(space, tune={"search": "optuna"}), concurrency=2)
+    searcher, limit = make_search(_cfg(space, tune={"search": "optuna"}), concurrency=2)
     assert isinstance(searcher, OptunaSearch) and limit == 2
     assert trial_resources(asha, 1, {"CPU": 2, "memory": 8e9})["cpu"] == 0
     shares = trial_resources(pbt, 2, {"CPU": 4, "memory": 10e9})["memory"]

@@ -1,4 +1,4 @@
-"""Shared fixtures: one small Ray instance per test module, scratch FOVEA_HOME."""
+"""Shared fixtures: one small Ray instance per test module, scratch FOVEA_HOME, ViT weights."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def _scratch_home(request, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FOVEA_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def vit_file(tmp_path_factory):
+    """A random 2D ViT the size of the micro video transformers (32x32, patch 4, width 96, 4 blocks), and its saved
+    weights: ``(vit, path)``. Made once; tests only read them."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(1)
+    vit = VisionTransformer(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4, num_classes=10).eval()
+    path = tmp_path_factory.mktemp("vit") / "vit.pth"
+    torch.save(vit.state_dict(), path)
+    return vit, path

@@ -1,12 +1,20 @@
-"""Small image folders for tests: learnable, in the formats and sizes users bring."""
+"""Scaffolding the tests share: small image folders (learnable, in the formats and sizes users bring), prepared
+sets made from them, MLflow stores, job configs and job runs.
+
+fovea and torch are imported where they are used: tests that need neither import this module too.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
@@ -27,3 +35,55 @@ def make_colour_folder(root: Path, per_class: int = 40, seed: int = 0) -> Path:
             else:
                 image.save(folder / f"{index:03d}.PNG")
     return root
+
+
+def prepare_colour_set(base: Path, *, per_class: int, val_fraction: float, shard_rows: int) -> Path:
+    """A colour folder at ``base/raw`` prepared with the pipeline into ``base/prepared`` (Ray must be running)."""
+    from fovea.data import prepare_images
+
+    raw = make_colour_folder(base / "raw", per_class=per_class)
+    prepare_images(raw, base / "prepared", val_fraction=val_fraction, shard_rows=shard_rows)
+    return base / "prepared"
+
+
+def mlflow_store(folder: Path) -> str:
+    """The tracking URI of an MLflow sqlite store in ``folder`` (the database is made on first use)."""
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def smoke_config(job: str, preset_dir: str, *layers: dict[str, Any]) -> Any:
+    """``job``'s config as ``--preset smoke`` builds it (from ``jobs/configs/<preset_dir>/smoke.yaml``), with
+    ``layers`` on top."""
+    from fovea.config import build_config, load_yaml
+
+    return build_config([{"job": job}, load_yaml(ROOT / "jobs" / "configs" / preset_dir / "smoke.yaml"), *layers])
+
+
+def short_run(dataset: Path, tracking_uri: str, storage: Path, experiment: str) -> dict[str, Any]:
+    """The config layer of the end-to-end training runs: 3 epochs of batches of 16 on ``dataset``, tracked."""
+    return {
+        "data": {"path": str(dataset), "batch_size": 16},
+        "train": {"epochs": 3, "storage_path": str(storage)},
+        "optim": {"lr": 2e-3, "warmup_epochs": 0.3},
+        "track": {"uri": tracking_uri, "experiment": experiment},
+    }
+
+
+def run_job(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python jobs/<script> ARGS`` in a fresh process, its output captured as text."""
+    command = [sys.executable, str(ROOT / "jobs" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def logits_in_frame_orders(name: str, num_frames: int, *orders: list[int]) -> list[Any]:
+    """A seeded micro video model's logits (5 classes) on 2 random 32x32 clips: as drawn, then with the frames in
+    each of ``orders``."""
+    import torch
+
+    from fovea.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, num_frames=num_frames, img_size=32).eval()
+    clips = torch.randn(2, 3, num_frames, 32, 32)
+    with torch.no_grad():
+        return [model(clips), *(model(clips[:, :, torch.tensor(order)]) for order in orders)]

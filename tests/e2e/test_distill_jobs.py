@@ -3,48 +3,28 @@ then a distillation-token DeiT learns from ``models:/teacher@champion``."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_colour_folder
+from helpers import mlflow_store, prepare_colour_set, run_job, short_run, smoke_config
 from mlflow.tracking import MlflowClient
 
-from fovea.config import build_config, load_yaml
-from fovea.data import prepare_images
 from fovea.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def dataset(ray_local, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("distill_data")
-    make_colour_folder(base / "raw", per_class=40)
-    prepare_images(base / "raw", base / "prepared", val_fraction=0.25, shard_rows=32)
-    return base / "prepared"
+    return prepare_colour_set(tmp_path_factory.mktemp("distill_data"), per_class=40, val_fraction=0.25, shard_rows=32)
 
 
 def _config(job: str, preset_dir: str, dataset: Path, uri: str, storage: Path, **sections):
-    return build_config(
-        [
-            {"job": job},
-            load_yaml(ROOT / "jobs" / "configs" / preset_dir / "smoke.yaml"),
-            {
-                "data": {"path": str(dataset), "batch_size": 16},
-                "train": {"epochs": 3, "storage_path": str(storage)},
-                "optim": {"lr": 2e-3, "warmup_epochs": 0.3},
-                "track": {"uri": uri, "experiment": "distill-e2e"},
-            },
-            sections,
-        ]
-    )
+    return smoke_config(job, preset_dir, short_run(dataset, uri, storage, "distill-e2e"), sections)
 
 
 def test_cnn_teacher_from_the_registry_teaches_a_deit_student(dataset, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     teacher = run_training(
         _config(
             "train_vit",
@@ -88,21 +68,11 @@ def test_cnn_teacher_from_the_registry_teaches_a_deit_student(dataset, tmp_path)
 
 
 def test_a_missing_registry_teacher_is_a_one_line_error_before_training(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "jobs" / "train_deit.py"),
-            "--preset",
-            "smoke",
-            "distill.type=soft",
-            "distill.teacher=models:/nobody@champion",
-            f"track.uri={uri}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    uri = mlflow_store(tmp_path)
+    job = run_job(
+        "train_deit.py", "--preset", "smoke", "distill.type=soft", "distill.teacher=models:/nobody@champion",
+        f"track.uri={uri}",
+    )  # fmt: skip
     assert job.returncode == 2, job.stderr[-2000:]
     assert (
         job.stderr.strip()

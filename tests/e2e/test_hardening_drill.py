@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import make_colour_folder
+from helpers import mlflow_store, prepare_colour_set
 from mlflow.tracking import MlflowClient
 
 from fovea.config import parse_job_args
@@ -41,13 +41,12 @@ def _rows(shard: str) -> int:
 
 @pytest.fixture(scope="module")
 def drill(ray_local, tmp_path_factory):
-    from fovea.data import load_manifest, prepare_images
+    from fovea.data import load_manifest
     from fovea.train.trainer import read_state, run_training
 
     tmp = tmp_path_factory.mktemp("drill")
-    make_colour_folder(tmp / "raw", per_class=40)
-    prepare_images(tmp / "raw", tmp / "data", val_fraction=0.25, shard_rows=6)
-    shards = load_manifest(tmp / "data")["splits"]["train"]["shards"]
+    prepared = prepare_colour_set(tmp, per_class=40, val_fraction=0.25, shard_rows=6)
+    shards = load_manifest(prepared)["splits"]["train"]["shards"]
     gone, damaged = shards[1], shards[0]
     rows = {shard: _rows(shard) for shard in shards}
     images = Counter(
@@ -61,7 +60,7 @@ def drill(ray_local, tmp_path_factory):
     read = sum(count for shard, count in rows.items() if shard not in (gone, damaged))
     steps = read // BATCH  # optimizer steps an epoch (one worker, drop_last)
 
-    uri = f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}"
+    uri = mlflow_store(tmp / "mlflow")
     (tmp / "mlflow").mkdir()
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
@@ -70,7 +69,7 @@ def drill(ray_local, tmp_path_factory):
             "train_vit",
             ROOT / "jobs" / "configs" / "vit",
             ["--preset", "smoke", f"tune.space.model.kwargs.api_token={SECRET}", f"track.uri={uri}",
-             f"data.path={tmp / 'data'}", f"data.batch_size={BATCH}", "data.max_bad_shards=2",
+             f"data.path={prepared}", f"data.batch_size={BATCH}", "data.max_bad_shards=2",
              f"train.storage_path={tmp / 'runs'}", "train.name=drill", "track.experiment=drill", "train.epochs=3",
              "train.torch_threads=1", f"train.inject_nan_steps={[steps + 1, steps + 2, steps + 3]}",
              "train.nonfinite_patience=3", "track.log_every_steps=1"],

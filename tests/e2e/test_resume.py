@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -135,7 +136,7 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
     assert not any(f"epoch {epoch}/4" in output for epoch in range(1, resumed))
 
     # one continuous MLflow run (the default store: mlflow.db in the working directory) with all four epochs
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_store(tmp_path))
     runs = client.search_runs(
         [client.get_experiment_by_name("fovea").experiment_id], "tags.`fovea.train_name` = 'resume-me'"
     )

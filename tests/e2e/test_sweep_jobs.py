@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_window_sweep_skips_the_impossible_window_and_resumes_without_repeating(
     assert code == 130, first_output[-3000:]
     assert first_trial is not None and "interrupted" in first_output
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     parent, children = _sweep_runs(uri)
     assert parent.info.status == "KILLED"  # an interrupted sweep registers nothing and says so
     finished = [c for c in children if c.data.tags.get("fovea.trial_id") == first_trial]
@@ -106,7 +107,7 @@ def test_distillation_sweep_trains_its_teacher_then_searches_tau_lambda(tmp_path
     assert proc.returncode == 0, output[-4000:]
     assert "is not in the registry" in output and "teacher registered: demo-teacher-smoke version 1" in output
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     client = MlflowClient(uri, registry_uri=uri)  # earlier tests may have pointed MLflow's global registry elsewhere
     assert str(client.get_model_version_by_alias("demo-teacher-smoke", "champion").version) == "1"
     parent, children = _sweep_runs(uri)

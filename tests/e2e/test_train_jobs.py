@@ -8,44 +8,29 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from helpers import make_colour_folder
+from helpers import mlflow_store, prepare_colour_set, short_run, smoke_config
 from mlflow.tracking import MlflowClient
 
-from fovea.config import build_config, load_yaml
-from fovea.data import load_manifest, prepare_images
+from fovea.data import load_manifest
 from fovea.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def user_dataset(ray_local, tmp_path_factory) -> Path:
     """A user's own ImageFolder (PNG and JPEG, any size and mode), prepared with the pipeline."""
-    base = tmp_path_factory.mktemp("user_data")
-    make_colour_folder(base / "raw", per_class=48)
-    prepare_images(base / "raw", base / "prepared", val_fraction=0.25, shard_rows=32)
-    return base / "prepared"
+    return prepare_colour_set(tmp_path_factory.mktemp("user_data"), per_class=48, val_fraction=0.25, shard_rows=32)
 
 
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return mlflow_store(tmp_path_factory.mktemp("mlflow"))
 
 
 def _config(dataset: Path, tracking_uri: str, storage: Path, **sections):
-    layers = [
-        {"job": "train_vit"},
-        load_yaml(ROOT / "jobs" / "configs" / "vit" / "smoke.yaml"),
-        {
-            "data": {"path": str(dataset), "batch_size": 16},
-            "train": {"epochs": 3, "storage_path": str(storage)},
-            "optim": {"lr": 2e-3, "warmup_epochs": 0.3},
-            "track": {"uri": tracking_uri, "experiment": "e2e", "log_every_steps": 1},
-        },
-        sections,
-    ]
-    return build_config(layers)
+    run = short_run(dataset, tracking_uri, storage, "e2e")
+    return smoke_config("train_vit", "vit", run, {"track": {"log_every_steps": 1}}, sections)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 from fovea.config import ConfigError, build_config
 from fovea.data import ensure_demo_videos, load_manifest, prepare_videos
 from fovea.data.demo_video import render_demo_video, write_mp4
 from fovea.paths import fovea_home
-from fovea.train.trainer import check_before_start, run_training
+from fovea.train.checks import check_before_start
+from fovea.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +54,7 @@ def _config(**sections):
 
 
 def test_clips_train_and_report_both_evaluations(clips, tmp_path):
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = mlflow_store(tmp_path)
     cfg = _config(
         data={"path": str(clips)},
         train={"name": "video-e2e", "storage_path": str(tmp_path / "runs")},

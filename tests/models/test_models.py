@@ -5,26 +5,39 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from timm.models import model_entrypoint
 
-from fovea.models import check_model_name, count_parameters, create_model, load_weights
+from fovea.models import (
+    check_model_name,
+    count_parameters,
+    create_model,
+    is_video_model,
+    list_models,
+    load_weights,
+)
 
-TINY = [
-    "vit_micro_patch4_32",
-    "vit_micro_convstem_32",
-    "deit_micro_distilled_convstem_32",
-    "vit_nano_patch4_16",
-    "deit_micro_patch4_32",
-    "deit_micro_distilled_patch4_32",
-    "swin_micro_patch2_window4_32",
-    "cvt_micro_32",
-]
+# Every micro and nano model fovea registers, image and video: read from the registry, so a new one is tested too.
+SMALL = sorted(
+    {
+        name
+        for name in list_models("*_micro*") + list_models("*_nano*")
+        if model_entrypoint(name).__module__.startswith("fovea.models.")
+    }
+)
 
 
-@pytest.mark.parametrize("name", TINY)
+def test_the_small_models_are_read_from_the_registry():
+    assert {"vit_nano_patch4_16", "cvt_micro_32", "c3d_micro", "mvit_micro_8x4", "vivit_micro_fe"} <= set(SMALL)
+    assert any(is_video_model(name) for name in SMALL) and not all(is_video_model(name) for name in SMALL)
+
+
+@pytest.mark.parametrize("name", SMALL)
 def test_tiny_presets_are_in_timms_registry_and_run(name):
     model = timm.create_model(name, num_classes=5)  # registered in timm itself once fovea.models is imported
     size = model.pretrained_cfg["input_size"][-1]
-    out = model(torch.randn(2, 3, size, size))
+    # a video model takes clips (B, C, T, H, W) of the length it was built for
+    frames = (model.num_frames,) if is_video_model(name) else ()
+    out = model(torch.randn(2, 3, *frames, size, size))
     assert out.shape == (2, 5)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

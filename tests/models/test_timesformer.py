@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from helpers import logits_in_frame_orders
 from torch.utils.flop_counter import FlopCounterMode
 
 from fovea.models import count_parameters, create_model, is_video_model
@@ -17,13 +17,8 @@ SCHEMES = ("divided", "joint", "space")
     "name", [f"timesformer_micro_{attention}" for attention in SCHEMES] + ["timesformer_micro_convstem_divided"]
 )
 def test_micro_models_take_clips_and_care_about_frame_order(name):
-    torch.manual_seed(0)
     assert is_video_model(name)
-    model = create_model(name, num_classes=5, num_frames=4, img_size=32).eval()
-    clips = torch.randn(2, 3, 4, 32, 32)
-    with torch.no_grad():
-        logits = model(clips)
-        shuffled = model(clips[:, :, torch.tensor([1, 0, 3, 2])])
+    logits, shuffled = logits_in_frame_orders(name, 4, [1, 0, 3, 2])
     assert logits.shape == (2, 5)
     assert (logits - shuffled).abs().max() > 1e-5
 
@@ -46,15 +41,6 @@ def test_parameters_and_macs_match_the_paper(name, params, macs):
         with counter:
             model(torch.randn(1, 3, 8, 224, 224, device="meta"))
         assert counter.get_total_flops() / 2 == pytest.approx(macs, rel=0.05)
-
-
-@pytest.fixture(scope="module")
-def vit_file(tmp_path_factory):
-    torch.manual_seed(2)
-    vit = VisionTransformer(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4, num_classes=10).eval()
-    path = tmp_path_factory.mktemp("vit") / "vit.pth"
-    torch.save(vit.state_dict(), path)
-    return vit, path
 
 
 @pytest.mark.parametrize("attention", ("divided", "space"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from helpers import logits_in_frame_orders
 from torch.utils.flop_counter import FlopCounterMode
 
 from fovea.models import count_parameters, create_model, is_video_model
@@ -20,14 +20,9 @@ PAPER_MACS = {"joint": 455e9, "fe": 284e9, "fsa": 372e9, "fdp": 277e9}
 
 @pytest.mark.parametrize("name", [f"vivit_micro_{kind}" for kind in KINDS] + ["vivit_micro_convstem_fe"])
 def test_micro_models_take_clips_and_care_about_frame_order(name):
-    torch.manual_seed(0)
     assert is_video_model(name)
-    model = create_model(name, num_classes=5, num_frames=8, img_size=32).eval()
-    clips = torch.randn(2, 3, 8, 32, 32)
-    with torch.no_grad():
-        logits = model(clips)
-        reversed_order = model(clips.flip(2))
-        shuffled = model(clips[:, :, torch.tensor([2, 3, 0, 1, 6, 7, 4, 5])])  # whole tubelets swapped
+    reverse, tubelets_swapped = list(range(7, -1, -1)), [2, 3, 0, 1, 6, 7, 4, 5]
+    logits, reversed_order, shuffled = logits_in_frame_orders(name, 8, reverse, tubelets_swapped)
     assert logits.shape == (2, 5)
     # at initialisation the temporal signal is small (position embeddings of std 0.02), but it must be there
     assert (logits - reversed_order).abs().max() > 1e-5
@@ -54,16 +49,6 @@ def test_parameters_and_macs_match_the_paper(kind):
     with counter:
         model(torch.randn(1, 3, 32, 224, 224, device="meta"))
     assert counter.get_total_flops() / 2 == pytest.approx(PAPER_MACS[kind], rel=0.05)
-
-
-@pytest.fixture(scope="module")
-def vit_file(tmp_path_factory):
-    """A random 2D ViT the size of the micro ViViTs (patch 4, width 96, 4 blocks), saved as a weights file."""
-    torch.manual_seed(1)
-    vit = VisionTransformer(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4, num_classes=10).eval()
-    path = tmp_path_factory.mktemp("vit") / "vit.pth"
-    torch.save(vit.state_dict(), path)
-    return vit, path
 
 
 @pytest.mark.parametrize("kind", KINDS)

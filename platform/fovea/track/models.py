@@ -149,5 +149,9 @@ def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path
             run_classes = json.loads(Path(classes_file).read_text())
         except (MlflowException, OSError, ValueError):
             pass  # its classes are unknown, only their count can be checked
-    return folder, {"version": str(found.version), "run_id": found.run_id, "plain_uri": plain_uri,
-                    "run_classes": run_classes}
+    return folder, {
+        "version": str(found.version),
+        "run_id": found.run_id,
+        "plain_uri": plain_uri,
+        "run_classes": run_classes,
+    }

@@ -5,7 +5,8 @@ decode + RandomResizedCrop in 16 processes against about 13,000 for batched nvJP
 the Ray Data tasks only read each JPEG's header and choose its crop (:class:`PlanCrops`); the training worker
 decodes the whole batch on its device with one ``torchvision.io.decode_jpeg`` call and crops, resizes and flips
 there (:func:`decode_batch`). Images that are not baseline RGB/greyscale JPEGs (PNGs, CMYK or EXIF-rotated JPEGs)
-are decoded and re-encoded as plain JPEGs on the CPU side, counted in a warning; rows that do not decode at all are
+are decoded by :mod:`fovea.data.images`'s rule (as in the CPU path: transparency composited onto ``background``) and
+re-encoded as plain JPEGs on the CPU side, counted in a warning; rows that do not decode at all are
 skipped and counted, as in the CPU path. RandAugment is not available on this path.
 """
 
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
-from fovea.data.transforms import EXIF_ORIENTATION, eval_resize_size, random_resized_crop_box
+from fovea.data.images import WHITE, exif_orientation, open_allowed, quiet, to_rgb, upright
+from fovea.data.transforms import eval_resize_size, random_resized_crop_box
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,14 @@ def center_crop_box(height: int, width: int, *, img_size: int, crop_pct: float) 
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def _plain_jpeg(data: bytes) -> tuple[bytes, int, int, bool]:
+def _plain_jpeg(data: bytes, background: tuple[int, int, int] = WHITE) -> tuple[bytes, int, int, bool]:
     """``(jpeg bytes, height, width, re-encoded)``: the bytes as they are when they are a plain RGB/greyscale JPEG
-    the device decoder handles, else the image decoded and re-encoded (quality 95)."""
-    with Image.open(io.BytesIO(data)) as img:
-        orientation = img.getexif().get(EXIF_ORIENTATION, 1) if img.format == "JPEG" else 1
-        if img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1 and data[:2] == JPEG_MAGIC:
+    the device decoder handles, else the image decoded (:mod:`fovea.data.images`) and re-encoded (quality 95)."""
+    with quiet(), open_allowed(data) as img:
+        plain = img.format == "JPEG" and img.mode in ("RGB", "L") and data[:2] == JPEG_MAGIC
+        if plain and exif_orientation(img) == 1:
             return data, img.height, img.width, False
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
+        rgb = to_rgb(upright(img), background)
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=95)
     return buffer.getvalue(), rgb.height, rgb.width, True
@@ -66,8 +67,9 @@ class PlanCrops:
         hflip: float = 0.5,
         crop_pct: float = 0.875,
         seed: int | None = None,
+        background: tuple[int, int, int] = WHITE,
     ) -> None:
-        self.img_size, self.train = img_size, train
+        self.img_size, self.train, self.background = img_size, train, tuple(background)
         self.scale, self.ratio, self.hflip, self.crop_pct = tuple(crop_scale), tuple(crop_ratio), hflip, crop_pct
         self.rng = random.Random(seed)
 
@@ -75,7 +77,7 @@ class PlanCrops:
         jpegs, boxes, flips, labels, skipped, converted = [], [], [], [], 0, 0
         for data, label in zip(batch["image"], batch["label"], strict=True):
             try:
-                jpeg, height, width, reencoded = _plain_jpeg(bytes(data))
+                jpeg, height, width, reencoded = _plain_jpeg(bytes(data), self.background)
             except Exception as err:  # any decoder error: skip the row, never the epoch
                 skipped += 1
                 log.warning("skipping an image that does not decode (%s); %d in this batch", err, skipped)

@@ -13,12 +13,13 @@ Views:
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from fovea.data.images import WHITE, open_image
 
 if TYPE_CHECKING:
     import ray.data
@@ -44,27 +45,27 @@ def crop_offsets(height: int, width: int, size: int, num_crops: int) -> list[tup
 class DecodeImageViews:
     """``map_batches`` callable: encoded images to ``{"image": uint8 (N, V, 3, S, S), "label"}``, ``V = num_crops``.
 
-    Each image is decoded and resized exactly as the single view is (``DecodeImages`` in evaluation: short side to
-    ``img_size / crop_pct``, bicubic), then cut into ``num_crops`` squares (``crop_offsets``). Rows that do not
-    decode are dropped with a warning, as in training.
+    Each image is decoded and resized exactly as the single view is (``DecodeImages`` in evaluation: the rule of
+    :mod:`fovea.data.images`, transparency composited onto ``background``; short side to ``img_size / crop_pct``,
+    bicubic), then cut into ``num_crops`` squares (``crop_offsets``). Rows that do not decode are dropped with a
+    warning, as in training.
     """
 
-    def __init__(self, img_size: int, *, crop_pct: float, num_crops: int) -> None:
+    def __init__(
+        self, img_size: int, *, crop_pct: float, num_crops: int, background: tuple[int, int, int] = WHITE
+    ) -> None:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import v2 as T
 
         from fovea.data.transforms import eval_resize_size
 
-        self.img_size, self.num_crops = img_size, num_crops
+        self.img_size, self.num_crops, self.background = img_size, num_crops, tuple(background)
         resize = T.Resize(eval_resize_size(img_size, crop_pct), interpolation=InterpolationMode.BICUBIC)
         self.transform = T.Compose([resize, T.PILToTensor()])
 
     def views(self, data: bytes) -> np.ndarray:
         """The ``(V, 3, S, S)`` crops of one encoded image."""
-        from PIL import Image, ImageOps
-
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
+        rgb = open_image(data, background=self.background)
         resized = self.transform(rgb)  # (3, H, W), short side img_size / crop_pct
         size = self.img_size
         height, width = resized.shape[-2:]
@@ -112,7 +113,7 @@ def view_layout(cfg: Config, *, video: bool) -> str:
 def build_eval_dataset(manifest: dict[str, Any], split: str, cfg: Config, *, multi: bool) -> ray.data.Dataset:
     """The decoded evaluation views of one split, uint8: images ``(N, 3, S, S)`` (single) or ``(N, V, 3, S, S)``,
     clips ``(N, 3, T, S, S)`` or ``(N, V, 3, T, S, S)``. Flips are added on the scoring device, not here."""
-    from fovea.data.clips import CLIP_COLUMNS, DecodeClips
+    from fovea.data.clips import DecodeClips, clip_columns
     from fovea.data.stream import clip_spec, read_split
     from fovea.data.transforms import DecodeImages
 
@@ -128,15 +129,20 @@ def build_eval_dataset(manifest: dict[str, Any], split: str, cfg: Config, *, mul
             backend=cfg.data.video_backend,
             decode_threads=cfg.data.decode_threads,
         )
-        rows = read_split(manifest, split, columns=CLIP_COLUMNS)
+        rows = read_split(manifest, split, columns=clip_columns(manifest))
         views = spec.num_views
     else:
         if multi:
             decode = DecodeImageViews(
-                cfg.model.img_size, crop_pct=cfg.data.crop_pct, num_crops=cfg.data.num_spatial_crops
+                cfg.model.img_size,
+                crop_pct=cfg.data.crop_pct,
+                num_crops=cfg.data.num_spatial_crops,
+                background=cfg.data.alpha_rgb,
             )
         else:
-            decode = DecodeImages(cfg.model.img_size, train=False, crop_pct=cfg.data.crop_pct)
+            decode = DecodeImages(
+                cfg.model.img_size, train=False, crop_pct=cfg.data.crop_pct, background=cfg.data.alpha_rgb
+            )
         rows = read_split(manifest, split)
         views = cfg.data.num_spatial_crops if multi else 1
     # views multiply the decoded bytes per row: smaller batches keep blocks a sensible size

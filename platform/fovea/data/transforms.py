@@ -7,7 +7,6 @@ float32 to move to the training worker, which converts and normalises on its own
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -16,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-log = logging.getLogger(__name__)
+from fovea.data.decode_failures import skip_row
+from fovea.data.images import WHITE, is_jpeg, open_allowed, open_image, quiet, to_rgb, upright
 
-EXIF_ORIENTATION = 0x0112
+log = logging.getLogger(__name__)
 
 
 def eval_resize_size(img_size: int, crop_pct: float) -> int:
@@ -85,7 +85,8 @@ class DecodeImages:
     """``map_batches`` callable: ``{"image": encoded bytes, "label"}`` to ``{"image": uint8 (N, 3, H, W), "label"}``.
 
     Rows whose bytes no longer decode (a shard damaged after preparation) are dropped with a warning that counts
-    them, instead of failing the epoch.
+    them, instead of failing the epoch. Every image is decoded by :mod:`fovea.data.images`'s rule (allowed formats
+    only, EXIF orientation, 8-bit pixels, transparency composited onto ``background``), as in evaluation.
 
     Training without RandAugment takes a direct path, about 22% less CPU per image than torchvision's pipeline
     (1.21 against 1.56 ms for 224 px crops of 256 px JPEGs, one core; benchmarks/RESULTS.md, issue 9):
@@ -96,9 +97,11 @@ class DecodeImages:
     and less to resize. Evaluation and RandAugment keep torchvision's pipeline.
     """
 
-    def __init__(self, img_size: int, *, train: bool, **augment: Any) -> None:
-        """``augment``: the keyword arguments of :func:`build_image_transform`."""
+    def __init__(self, img_size: int, *, train: bool, background: tuple[int, int, int] = WHITE, **augment: Any) -> None:
+        """``background``: the RGB colour transparent pixels are composited onto (``data.alpha_background``);
+        ``augment``: the keyword arguments of :func:`build_image_transform`."""
         self.img_size = img_size
+        self.background = tuple(background)
         self.transform = build_image_transform(img_size, train=train, **augment)
         steps = self.transform.transforms
         self.direct = train and not any(isinstance(step, T.RandAugment) for step in steps)
@@ -123,16 +126,13 @@ class DecodeImages:
                     out[len(labels)] = self._torchvision(data).numpy()
             except Exception as err:  # any decoder error: skip the row, never the epoch
                 skipped += 1
-                log.warning("skipping an image that does not decode (%s); %d in this batch", err, skipped)
+                skip_row("image", batch, len(labels) + skipped - 1, err)  # warns naming the file; counted per batch
                 continue
             labels.append(label)
         return {"image": out[: len(labels)], "label": np.asarray(labels, dtype=np.int64)}
 
     def _torchvision(self, data: bytes) -> torch.Tensor:
-        with Image.open(io.BytesIO(data)) as img:
-            # camera photos store their rotation in EXIF; preparation keeps the original bytes
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-        return self.transform(rgb)
+        return self.transform(open_image(data, background=self.background))
 
     def _direct(self, data: bytes) -> np.ndarray:
         """One training view as uint8 HWC: random box, optional reduced-scale JPEG decode, one resize, flip."""
@@ -141,22 +141,20 @@ class DecodeImages:
             # parent's generator): no two processes draw the same crops
             self._rng, self._rng_pid = random.Random(), os.getpid()
         size = self.img_size
-        with Image.open(io.BytesIO(data)) as img:
-            source: Image.Image = img
-            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
-                source = ImageOps.exif_transpose(img)  # decodes and turns it upright; rare outside camera photos
+        with quiet(), open_allowed(data) as img:
+            source = upright(img)  # decodes and turns it when EXIF says so; rare outside camera photos
             width, height = source.size
             top, left, h, w = random_resized_crop_box(
                 height, width, scale=self.crop_scale, ratio=self.crop_ratio, rng=self._rng
             )
             box: tuple[float, float, float, float] = (left, top, left + w, top + h)
             factor = min(w, h) // size
-            if factor >= 2 and source is img and img.format == "JPEG":
+            if factor >= 2 and source is img and is_jpeg(img):
                 # the decoder picks the largest of 1/2, 1/4, 1/8 that keeps the image at least this big
                 img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
                 sx, sy = img.size[0] / width, img.size[1] / height
                 box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-            rgb = source if source.mode == "RGB" else source.convert("RGB")
+            rgb = to_rgb(source, self.background)  # a plain RGB JPEG: itself, not decoded yet
             view = rgb.resize((size, size), Image.Resampling.BICUBIC, box=box)
         if self.hflip > 0 and self._rng.random() < self.hflip:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -10,7 +10,15 @@ Image datasets look like::
      "splits": {"train": {"count": 900, "shards": ["train/part-00000.parquet"], "class_counts": {"cat": 450, ...}},
                 "val": {...}},
      "rejected": [{"path": "/data/cat/broken.jpg", "reason": "empty file"}],
+     "ignored": [{"path": "/data/cat/.DS_Store", "reason": "hidden: names starting with '.' are skipped"}],
+     "duplicates": [{"path": "/data/val/cat/3.jpg", "kept": "/data/train/cat/9.jpg", "dropped": true,
+                     "reason": "same contents in train and val: kept in train only (--dedup=split)", ...}],
+     "accounting": {"prepared": 1000, "rejected": {"empty file": 1}, "ignored": {"hidden": 1}, ...},
      "source": "/data", "created": "2026-01-01T00:00:00+00:00", "options": {...}}
+
+Every entry of the source is in exactly one place: a shard row (``splits``), ``rejected``, ``ignored``, or
+``duplicates`` with ``dropped`` true (``kept`` names the path whose row holds it); ``accounting`` counts them.
+(A duplicate with ``dropped`` false is a shard row too, listed as a copy of ``kept``.)
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +207,72 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
             continue
         lines.append(f"{label}: {len(manifest[key])}")
         lines.extend(f"  {entry['path']}: {entry[field]}" for entry in manifest[key])
+    for key in ("ignored", "duplicates"):
+        if manifest.get(key):
+            kind = (lambda e: e["reason"]) if key == "duplicates" else (lambda e: reason_category(e["reason"]))
+            counts = _count_by(manifest[key], kind)
+            lines.append(f"{key}: {len(manifest[key])} ({_counted(counts)}; listed in {MANIFEST_NAME})")
     return "\n".join(lines)
+
+
+def reason_category(reason: str) -> str:
+    """The kind of a rejected or ignored entry: its reason up to the first ``": "`` or ``" ("``."""
+    return re.split(r": | \(", reason, maxsplit=1)[0]
+
+
+def _count_by(entries: list[dict[str, Any]], key: Any) -> dict[str, int]:
+    """How many entries there are of each ``key(entry)``, most first."""
+    counts = Counter(key(entry) for entry in entries)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name}" for name, count in counts.items())
+
+
+def accounting(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What became of every source entry, in numbers: the manifest's ``accounting``.
+
+    ``prepared`` rows, ``rejected`` and ``ignored`` entries by kind of reason (:func:`reason_category`), and
+    ``duplicates_dropped`` / ``duplicates_kept`` by reason; the lists themselves name every path.
+    """
+    duplicates = manifest.get("duplicates", [])
+    return {
+        "prepared": sum(split["count"] for split in manifest["splits"].values()),
+        "rejected": _count_by(manifest.get("rejected", []), lambda entry: reason_category(entry["reason"])),
+        "ignored": _count_by(manifest.get("ignored", []), lambda entry: reason_category(entry["reason"])),
+        "duplicates_dropped": _count_by([e for e in duplicates if e.get("dropped")], lambda e: e["reason"]),
+        "duplicates_kept": _count_by([e for e in duplicates if not e.get("dropped")], lambda e: e["reason"]),
+    }
+
+
+def summary_lines(manifest: dict[str, Any]) -> list[str]:
+    """One line per thing that became of the source's entries, for the end of preparation.
+
+    ``prepared 90 images: 81 train, 9 val``; ``rejected 5 files (3 not an image, 2 dangling symbolic link)``;
+    ``ignored 2 entries (...)``; ``deduplicated 3 paths to files already listed (...)``; and one ``warning:`` line
+    counting files whose contents another file holds too (``--dedup``).
+    """
+    counts = manifest.get("accounting") or accounting(manifest)
+    unit = "videos" if manifest.get("kind") == "video" else "images"
+    per_split = ", ".join(f"{split['count']} {name}" for name, split in manifest["splits"].items())
+    lines = [f"prepared {counts['prepared']} {unit}: {per_split}"]
+    for key, what in (("rejected", "files"), ("ignored", "entries")):
+        if counts[key]:
+            lines.append(f"{key} {sum(counts[key].values())} {what} ({_counted(counts[key])})")
+    links, contents = {}, {}
+    for key in ("duplicates_dropped", "duplicates_kept"):
+        for reason, count in counts[key].items():
+            if reason.startswith("same contents"):
+                contents[reason.removeprefix("same contents").lstrip(": ")] = count
+            else:
+                links[reason] = count
+    if links:
+        lines.append(f"deduplicated {sum(links.values())} paths to files or folders already listed ({_counted(links)})")
+    if contents:
+        shown = "; ".join(f"{count} {reason}" for reason, count in contents.items())
+        lines.append(f"warning: {sum(contents.values())} files have the same contents as another file: {shown}")
+    return lines
 
 
 def _relative_to(shard: str, root: Path) -> str:
@@ -223,3 +298,52 @@ def _check(manifest: Any, file: Path | str) -> None:
     for name, split in manifest["splits"].items():
         if not isinstance(split, dict) or not isinstance(split.get("shards", []), list):
             raise ValueError(f"malformed manifest {file}: split '{name}' must be an object with a 'shards' list")
+    problem = _content_problem(manifest)
+    if problem:
+        raise ValueError(f"malformed manifest {location_label(str(file))}: {problem}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_problem(shard: Any) -> str | None:
+    """Why ``shard`` is not a path inside the dataset folder (relative, no ``..``, no URI), else None."""
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        return "is not a file name"
+    if shard.startswith(("/", "\\")) or "://" in shard or ".." in shard.replace("\\", "/").split("/"):
+        return "lies outside the dataset folder (shard paths are relative to it, without '..')"
+    return None
+
+
+def _content_problem(manifest: dict[str, Any]) -> str | None:
+    """What a manifest holds that no preparation writes: classes that are not distinct names, counts that are not
+    whole numbers of rows, shard paths outside the dataset folder or listed twice, an unknown kind; else None."""
+    classes = manifest["classes"]
+    if not classes:
+        return "'classes' is empty"
+    if not all(isinstance(name, str) and name for name in classes):
+        return "'classes' must be names (non-empty text)"
+    twice = sorted(name for name, count in Counter(classes).items() if count > 1)
+    if twice:
+        return f"'classes' lists {twice[0]!r} more than once"
+    if manifest.get("kind", "image") not in ("image", "video"):
+        return f"'kind' must be image or video, not {manifest['kind']!r}"
+    seen: set[str] = set()
+    for name, split in manifest["splits"].items():
+        if not _is_count(split.get("count")):
+            return f"split '{name}': 'count' must be a whole number of rows >= 0, not {split.get('count')!r}"
+        class_counts = split.get("class_counts", {})
+        if not isinstance(class_counts, dict) or not all(_is_count(c) for c in class_counts.values()):
+            return f"split '{name}': 'class_counts' must map class names to whole numbers of rows >= 0"
+        unknown = sorted(set(class_counts) - set(classes))
+        if unknown:
+            return f"split '{name}': 'class_counts' names {unknown[0]!r}, which is not in 'classes'"
+        for shard in split.get("shards", []):
+            problem = _shard_problem(shard)
+            if problem:
+                return f"split '{name}': shard {shard!r} {problem}"
+            if shard in seen:
+                return f"split '{name}': shard {shard!r} is listed twice"
+            seen.add(shard)
+    return None

@@ -22,10 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from fovea.data.check import read_and_check_images
-from fovea.data.manifest import load_manifest, write_manifest
-from fovea.data.scan import scan_source
-from fovea.data.write import check_labels, check_output_dir, move_into_place, write_shards
+from fovea.data.check import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_SIDE, read_and_check_images
+from fovea.data.images import ALLOWED_FORMATS, MAX_PIXELS
+from fovea.data.manifest import accounting, load_manifest, write_manifest
+from fovea.data.scan import SourceScan, survey_source
+from fovea.data.write import check_dedup, check_labels, check_output_dir, move_into_place, write_shards
 
 
 def prepare_images(
@@ -35,10 +36,12 @@ def prepare_images(
     val_fraction: float = 0.1,
     seed: int = 0,
     shard_rows: int = 1000,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     jpeg_quality: int = 90,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
     overwrite: bool = False,
     num_cpus: int | None = None,
+    dedup: str = "split",
 ) -> dict[str, Any]:
     """Validate every image of SRC and write the good ones as a prepared dataset in OUT.
 
@@ -52,11 +55,17 @@ def prepare_images(
         val_fraction: Share of each class held out for validation when SRC does not give splits.
         seed: Seed for the validation split and for the row order (shards mix classes).
         shard_rows: About how many rows each Parquet shard holds.
-        max_side: When set, images with a longer side are shrunk to it and re-encoded as JPEG.
+        max_side: Images with a longer side are shrunk to it and re-encoded (JPEG; PNG when transparent); None or
+            0 keeps every size (up to :data:`~fovea.data.images.MAX_PIXELS`); see
+            :func:`~fovea.data.check.examine_image`.
         jpeg_quality: JPEG quality of re-encoded images (1-95).
+        max_file_mb: Files larger than this many MiB are rejected without being read.
         overwrite: Replace a prepared dataset already in OUT.
         num_cpus: CPUs of the local Ray instance started when Ray is not initialized yet (ignored otherwise). A Ray
             instance started here is shut down again before returning.
+        dedup: What to do with files of the same contents: ``split`` (a content in train and val is kept in train
+            only), ``drop`` (kept once) or ``keep`` (only listed); see
+            :func:`~fovea.data.write.find_duplicate_contents`.
 
     Returns:
         The manifest as :func:`~fovea.data.manifest.load_manifest` returns it (absolute shard paths).
@@ -68,31 +77,40 @@ def prepare_images(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be at least 1, got {max_side}")
+    if max_side is not None and max_side < 0:
+        raise ValueError(f"max_side must be at least 1 (0 = keep every size), got {max_side}")
+    if not 0 < max_file_mb < float("inf"):
+        raise ValueError(f"max_file_mb must be a positive number, got {max_file_mb}")
     if not 1 <= jpeg_quality <= 95:
         raise ValueError(f"jpeg_quality must be in 1..95, got {jpeg_quality}")
+    check_dedup(dedup)
     out = check_output_dir(out, overwrite=overwrite)
-    items, classes = scan_source(src, val_fraction=val_fraction, seed=seed)
+    scan = survey_source(src, val_fraction=val_fraction, seed=seed)
     return run_preparation(
         src,
         out,
-        items,
-        classes,
+        scan.items,
+        scan.classes,
         kind="image",
         check=read_and_check_images,
-        check_kwargs={"max_side": max_side, "jpeg_quality": jpeg_quality},
+        check_kwargs={"max_side": max_side or None, "jpeg_quality": jpeg_quality, "max_file_mb": max_file_mb},
         options={
             "val_fraction": val_fraction,
             "seed": seed,
             "shard_rows": shard_rows,
-            "max_side": max_side,
+            "max_side": max_side or None,
             "jpeg_quality": jpeg_quality,
+            "max_file_mb": max_file_mb,
+            "formats": list(ALLOWED_FORMATS),
+            "max_pixels": MAX_PIXELS,
+            "dedup": dedup,
         },
         shard_rows=shard_rows,
         seed=seed,
         overwrite=overwrite,
         num_cpus=num_cpus,
+        scan=scan,
+        dedup=dedup,
     )
 
 
@@ -112,19 +130,25 @@ def run_preparation(
     num_cpus: int | None,
     check_batch_size: int = 64,
     extra: dict[str, Any] | None = None,
+    scan: SourceScan | None = None,
+    dedup: str = "split",
 ) -> dict[str, Any]:
     """The Ray Data job shared by image and video preparation: check every item, write shards and the manifest.
 
-    ``check`` is the ``map_batches`` function: it turns a batch of items into one row per item with the stored
-    columns plus ``path``, ``class_name``, ``split``, ``error`` (``""`` for good rows) and optionally ``note``
-    (kept rows worth listing in the manifest's ``notes``, e.g. short videos that are loop-padded). ``extra`` keys
-    go into the manifest as they are.
+    ``check`` is the ``map_batches`` function: it turns a batch of items into one row per item, in order, with the
+    stored columns plus ``path``, ``class_name``, ``split``, ``error`` (``""`` for good rows), optionally ``note``
+    (kept rows worth listing in the manifest's ``notes``, e.g. short videos that are loop-padded) and optionally
+    ``content_hash`` (hex SHA-256 of the bytes read; rows of equal contents are then handled as ``dedup`` says,
+    see :func:`~fovea.data.write.find_duplicate_contents`). ``extra`` keys go into the manifest as they are.
+    ``scan`` (from :func:`~fovea.data.scan.survey_source`) brings the entries the scan rejected, ignored or
+    dropped as duplicates, so the manifest accounts for every entry of the source.
 
     Raises:
         ValueError: an item's label is not one of ``classes`` (see :func:`~fovea.data.write.check_labels`), before
             any work starts.
     """
     check_labels(items, classes, src)
+    check_dedup(dedup)
     source_root = Path(os.path.abspath(Path(src).expanduser()))
     if source_root.is_dir() and out.is_relative_to(source_root):
         raise ValueError(f"OUT must not be inside SRC (it would become a class folder): {out}")
@@ -148,11 +172,13 @@ def run_preparation(
                 check_kwargs=check_kwargs,
                 check_batch_size=check_batch_size,
                 kind=kind,
+                dedup=dedup,
             )
         finally:
             # Leave Ray as we found it: a caller that calls ray.init() after us would otherwise fail.
             if started_ray:
                 ray.shutdown()
+        _account_for_scan(manifest, scan)
         manifest.update(extra or {})
         manifest["source"] = str(src)
         manifest["options"] = options
@@ -163,3 +189,12 @@ def run_preparation(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+def _account_for_scan(manifest: dict[str, Any], scan: SourceScan | None) -> None:
+    """Add the scan's rejected, ignored and duplicate entries to the manifest, and the ``accounting`` of them all."""
+    if scan is not None:
+        manifest["rejected"] = sorted(scan.rejected + manifest["rejected"], key=lambda entry: entry["path"])
+        manifest["duplicates"] = sorted(scan.duplicates + manifest["duplicates"], key=lambda entry: entry["path"])
+    manifest["ignored"] = list(scan.ignored) if scan is not None else []
+    manifest["accounting"] = accounting(manifest)

@@ -1,7 +1,8 @@
 """Writing a prepared dataset: checks on OUT and the labels, the shards of each split, and the final rename.
 
 :func:`check_output_dir` and :func:`check_labels` run before any work starts; :func:`write_shards` runs the Ray
-Data job that checks every item and writes each split's Parquet shards into a temporary folder, and
+Data job that checks every item, drops copies of one content as ``dedup`` says (:func:`find_duplicate_contents`,
+on the checked rows' ``content_hash``) and writes each split's Parquet shards into a temporary folder, and
 :func:`move_into_place` renames that folder to OUT once the manifest is in it.
 """
 
@@ -20,10 +21,27 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fovea.data.check import kept_rows_of_split
 from fovea.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME
-from fovea.data.scan import SPLITS
+from fovea.data.scan import SPLIT_RANK, SPLITS, is_utf8, shown_path
+
+# What preparation does with files of the same contents (find_duplicate_contents).
+DEDUP_MODES = ("split", "drop", "keep")
+# The reason recorded for a copy of a content kept elsewhere, by dedup mode: across splits, and within one split.
+SAME_CONTENTS_ACROSS = {
+    "split": "same contents in train and val: kept in train only (--dedup=split)",
+    "drop": "same contents: kept once (--dedup=drop)",
+    "keep": "same contents in train and val: both kept (--dedup=keep)",
+}
+SAME_CONTENTS = {
+    "split": "same contents in one split: both kept (--dedup=split drops only copies across splits)",
+    "drop": "same contents: kept once (--dedup=drop)",
+    "keep": "same contents: both kept (--dedup=keep)",
+}
+# Columns of checked rows that are bookkeeping, not stored in shards (besides split/error/note).
+_BOOKKEEPING = ("row_id", "content_hash")
 
 
 def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
@@ -39,8 +57,11 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     Raises:
         FileExistsError: ``out`` holds a prepared dataset and ``overwrite`` is false, or it is a file, or a non-empty
             folder that is not a prepared dataset (never deleted, whatever ``overwrite`` says).
+        ValueError: ``out`` is not valid UTF-8 (pyarrow could not write there).
     """
     out = Path(os.path.abspath(Path(out).expanduser()))
+    if not is_utf8(str(out)):
+        raise ValueError(f"OUT path is not valid UTF-8: {shown_path(str(out))}; choose another name")
     if not out.exists():
         return out
     if not out.is_dir():
@@ -81,6 +102,98 @@ def check_labels(items: Sequence[Mapping[str, Any]], classes: Sequence[str], src
             )
 
 
+def check_dedup(dedup: str) -> None:
+    """Check a ``dedup`` mode (see :func:`find_duplicate_contents`) before any work starts.
+
+    Raises:
+        ValueError: it is not one of :data:`DEDUP_MODES`.
+    """
+    if dedup not in DEDUP_MODES:
+        raise ValueError(f"dedup must be one of {', '.join(DEDUP_MODES)}, got {dedup!r}")
+
+
+def find_duplicate_contents(
+    rows: Mapping[str, Sequence[Any]], *, dedup: str, segments: Sequence[tuple[Any, Any]] | None = None
+) -> tuple[set[int], list[dict]]:
+    """Which good checked rows hold the same bytes as another, and which of them to drop.
+
+    Rows with the same ``content_hash`` (and, for video segments, the same ``start``/``end``) are copies of one
+    content. Their first copy, by split (train first) then path, is the one kept; the others are listed, and dropped
+    as ``dedup`` says:
+
+    - ``split`` (default): a content in train and val is kept in train only (its val copies are dropped, so
+      validation never scores images seen in training); copies within one split are kept and listed;
+    - ``drop``: every copy but the first is dropped, whatever its split;
+    - ``keep``: nothing is dropped; the copies are only listed.
+
+    Args:
+        rows: Columns ``row_id`` (index into ``segments``), ``path``, ``class_name``, ``split``, ``error`` and
+            ``content_hash`` (hex SHA-256 of the file's bytes; ``""`` for rejected rows). Without ``content_hash``
+            (a check function that does not hash) nothing is a duplicate.
+        dedup: One of :data:`DEDUP_MODES`.
+        segments: ``(start, end)`` of each item, for videos cut into segments; None when items are whole files.
+
+    Returns:
+        ``(dropped, duplicates)``: the ``row_id`` of every dropped row, and one entry per copy after the first:
+        ``{"path", "kept", "dropped", "reason", "content_hash"}``, plus ``kept_class`` when the kept copy is
+        labelled differently (a labelling conflict the data itself shows).
+    """
+    check_dedup(dedup)
+    hashes = rows.get("content_hash")
+    if hashes is None:
+        return set(), []
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, (row_id, content, error) in enumerate(zip(rows["row_id"], hashes, rows["error"], strict=True)):
+        if content and not error:
+            segment = segments[row_id] if segments is not None else (None, None)
+            groups.setdefault((content, *segment), []).append(index)
+    path, split, class_name = rows["path"], rows["split"], rows["class_name"]
+    dropped: set[int] = set()
+    duplicates = []
+    for (content, *_), members in groups.items():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda index: (SPLIT_RANK[split[index]], path[index], rows["row_id"][index]))
+        first = members[0]
+        for index in members[1:]:
+            across = split[index] != split[first]
+            drop = dedup == "drop" or (dedup == "split" and across)
+            reason = (SAME_CONTENTS_ACROSS if across else SAME_CONTENTS)[dedup]
+            entry = {"path": path[index], "kept": path[first], "dropped": drop, "reason": reason}
+            entry["content_hash"] = content
+            if class_name[index] != class_name[first]:
+                entry["kept_class"] = class_name[first]
+            duplicates.append(entry)
+            if drop:
+                dropped.add(int(rows["row_id"][index]))
+    duplicates.sort(key=lambda entry: entry["path"])
+    return dropped, duplicates
+
+
+def check_and_number(batch: pa.Table, *, check: Callable[..., pa.Table], check_kwargs: dict[str, Any]) -> pa.Table:
+    """Run a check function on a batch and keep each row's ``row_id`` (its index in the item list) beside it."""
+    table = check(batch, **check_kwargs)
+    if table.num_rows != batch.num_rows:
+        raise RuntimeError(f"{check.__name__} returned {table.num_rows} rows for {batch.num_rows} items")
+    return table.append_column("row_id", batch.column("row_id").cast(pa.int64()))
+
+
+def rows_to_write(batch: pa.Table, *, split: str, dropped: Sequence[int]) -> pa.Table:
+    """The good rows of one split that dedup keeps, with the stored columns only."""
+    if dropped:
+        batch = batch.filter(pc.invert(pc.is_in(batch["row_id"], value_set=pa.array(dropped, pa.int64()))))
+    kept = kept_rows_of_split(batch, split=split)
+    return kept.drop_columns([name for name in _BOOKKEEPING if name in kept.column_names])
+
+
+def _bookkeeping(checked: Any) -> dict[str, list]:
+    """The small bookkeeping columns of the checked rows, on the driver (the image bytes stay in the object store)."""
+    present = checked.schema().names
+    names = ["row_id", "path", "class_name", "split", "error"] + [n for n in ("note", "content_hash") if n in present]
+    batches = list(checked.select_columns(names).iter_batches(batch_size=None, batch_format="pyarrow"))
+    return pa.concat_tables(batches).to_pydict()
+
+
 def write_shards(
     items: list[dict],
     classes: list[str],
@@ -92,27 +205,39 @@ def write_shards(
     check_kwargs: dict[str, Any],
     check_batch_size: int,
     kind: str,
+    dedup: str = "split",
 ) -> dict[str, Any]:
     """Run the Ray Data job that checks every item and writes each split's shards under ``temp_dir``.
+
+    Rows with the same contents are found from the check's ``content_hash`` column and dropped as ``dedup`` says
+    (:func:`find_duplicate_contents`).
 
     Returns:
         The manifest, without ``source`` and ``options``.
     """
     import ray
 
+    check_dedup(dedup)
     # Shuffle before Ray sees the list: the input is sorted by class, and blocks (hence shards) would otherwise
     # each hold one or two classes, which makes file-level shuffling at training time far weaker.
     order = np.random.default_rng(seed).permutation(len(items))
-    shuffled = [items[index] for index in order]
+    shuffled = [{**items[index], "row_id": int(index)} for index in order]
     checked = (
         ray.data.from_items(shuffled)
-        .map_batches(check, batch_format="pyarrow", batch_size=check_batch_size, fn_kwargs=check_kwargs)
+        .map_batches(
+            check_and_number,
+            batch_format="pyarrow",
+            batch_size=check_batch_size,
+            fn_kwargs={"check": check, "check_kwargs": check_kwargs},
+        )
         .materialize()
     )
-    # Only the small bookkeeping columns come back to the driver; the image bytes stay in the object store.
-    has_notes = "note" in checked.schema().names
-    bookkeeping = checked.select_columns(["path", "class_name", "split", "error"] + (["note"] if has_notes else []))
-    rows = pa.concat_tables(list(bookkeeping.iter_batches(batch_size=None, batch_format="pyarrow"))).to_pydict()
+    rows = _bookkeeping(checked)
+    segments = [(item.get("start"), item.get("end")) for item in items]
+    dropped, duplicates = find_duplicate_contents(rows, dedup=dedup, segments=segments)
+    has_notes = "note" in rows
+    # good: checked fine and not dropped as a copy (a dropped row is listed in duplicates, not in notes or counts)
+    good = [not error and row_id not in dropped for error, row_id in zip(rows["error"], rows["row_id"], strict=True)]
     rejected = sorted(
         ({"path": path, "reason": error} for path, error in zip(rows["path"], rows["error"], strict=True) if error),
         key=lambda entry: entry["path"],
@@ -120,17 +245,13 @@ def write_shards(
     notes = sorted(
         (
             {"path": path, "note": note}
-            for path, note, error in zip(
-                rows["path"], rows.get("note") or [""] * len(rows["path"]), rows["error"], strict=True
-            )
-            if note and not error
+            for path, note, ok in zip(rows["path"], rows.get("note") or [""] * len(good), good, strict=True)
+            if note and ok
         ),
         key=lambda entry: entry["path"],
     )
     counts = Counter(
-        (split, class_name)
-        for split, class_name, error in zip(rows["split"], rows["class_name"], rows["error"], strict=True)
-        if not error
+        (split, class_name) for split, class_name, ok in zip(rows["split"], rows["class_name"], good, strict=True) if ok
     )
 
     splits = {}
@@ -141,7 +262,10 @@ def write_shards(
         if count:
             split_dir = temp_dir / split
             kept = checked.map_batches(
-                kept_rows_of_split, batch_format="pyarrow", batch_size=None, fn_kwargs={"split": split}
+                rows_to_write,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={"split": split, "dropped": sorted(dropped)},
             )
             # One block per shard: write_parquet writes one file per block.
             kept.repartition(math.ceil(count / shard_rows)).write_parquet(str(split_dir))
@@ -154,6 +278,7 @@ def write_shards(
         "splits": splits,
         "rejected": rejected,
         **({"notes": notes} if has_notes else {}),
+        "duplicates": duplicates,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

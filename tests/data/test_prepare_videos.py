@@ -159,3 +159,77 @@ def test_prepare_rejects_bad_arguments_before_ray(messy_folder, tmp_path):
     (tmp_path / "c" / "other.txt").write_text("x")
     with pytest.raises(FileExistsError, match="non-empty folder"):
         prepare_videos(messy_folder, tmp_path / "c")
+
+
+def test_copies_links_and_fifos_among_videos_are_accounted_for(ray_local, tmp_path):
+    """Issue 21: a val video byte-identical to a train one is kept in train only, a dangling .mp4 link and a FIFO are
+    rejected (the FIFO never opened), and every row carries the SHA-256 of the bytes read."""
+    import hashlib
+    import os
+
+    root = tmp_path / "videos"
+    for split, seed in (("train", 0), ("val", 1)):
+        for class_id, action in enumerate(("grow", "shrink")):
+            _write(root / split / action / f"{seed}.mp4", action, frames=8, seed=10 * class_id + seed)
+    (root / "val" / "grow" / "copy.mp4").write_bytes((root / "train" / "grow" / "0.mp4").read_bytes())
+    (root / "train" / "grow" / "gone.mp4").symlink_to(root / "elsewhere" / "clip.mp4")
+    os.mkfifo(root / "train" / "shrink" / "pipe.mp4")
+
+    path = str(root / "val" / "grow" / "copy.mp4")
+    row = read_and_check_videos({"path": [path], "label": [0], "class_name": ["grow"], "split": ["val"]}).to_pylist()
+    assert row[0]["content_hash"] == hashlib.sha256((root / "train" / "grow" / "0.mp4").read_bytes()).hexdigest()
+
+    manifest = prepare_videos(root, tmp_path / "prepared", storage="reference", dedup="split")
+    assert {name: split["count"] for name, split in manifest["splits"].items()} == {"train": 2, "val": 2}
+    assert [(entry["path"], entry["kept"], entry["dropped"]) for entry in manifest["duplicates"]] == [
+        (path, str(root / "train" / "grow" / "0.mp4"), True)
+    ]
+    assert {entry["path"].rsplit("/", 1)[1]: entry["reason"] for entry in manifest["rejected"]} == {
+        "gone.mp4": f"dangling symbolic link: its target {root}/elsewhere/clip.mp4 does not exist",
+        "pipe.mp4": "not a regular file (FIFO)",
+    }
+    rows = pq.read_table(manifest["splits"]["val"]["shards"]).to_pylist()
+    assert sorted(row["path"].rsplit("/", 2)[1] for row in rows) == ["grow", "shrink"]
+    assert "content_hash" not in rows[0]  # bookkeeping, not a stored column
+
+    kept = prepare_videos(root, tmp_path / "kept", storage="reference", dedup="keep")
+    assert kept["splits"]["val"]["count"] == 3 and [entry["dropped"] for entry in kept["duplicates"]] == [False]
+
+
+def test_damaged_and_decord_unreadable_videos_are_rows_not_a_crashed_job(ray_local, tmp_path, capsys):
+    """Issue 21: damaged first frames (the probe used to raise out of the Ray job), damage in the middle (the probe
+    used to look only at the first and last frame), and files decord misreads (48 px wide) or cannot open (AV1 in
+    MKV), which PyAV reads: recorded as the rows' backend and listed in the notes."""
+    from video_files import can_encode, damage_frames, write_video
+
+    root = tmp_path / "videos"
+    for class_id, action in enumerate(("grow", "shrink")):
+        for index in range(2):
+            _write(root / action / f"{index}.mp4", action, seed=10 * class_id + index)
+    good = write_video(root / "grow" / "gop.mp4", num_frames=40, gop=10)
+    (root / "grow" / "first.mp4").write_bytes(damage_frames(good, 0, 1))
+    (root / "grow" / "middle.mp4").write_bytes(damage_frames(good, 20))
+    write_video(root / "shrink" / "w48.mp4", size=(40, 48), num_frames=12)
+    pyav_only = {"w48.mp4"}
+    if can_encode("libsvtav1"):
+        write_video(root / "shrink" / "av1.mkv", codec="libsvtav1", container="matroska", num_frames=12)
+        pyav_only.add("av1.mkv")
+
+    out = tmp_path / "prepared"
+    assert _pipeline_main()([str(root), str(out), "--by-reference"]) == 0
+    manifest = load_manifest(out)
+    reasons = {entry["path"].rsplit("/", 1)[1]: entry["reason"] for entry in manifest["rejected"]}
+    assert set(reasons) == {"first.mp4", "middle.mp4"}
+    assert reasons["first.mp4"].startswith("damaged: frames do not decode (decord: frame 0 of 40: ")
+    assert "; pyav: frame 0 of 40: " in reasons["first.mp4"]
+    assert reasons["middle.mp4"].startswith("damaged: frames do not decode (decord: frame ")  # decord reads ahead
+    assert "; pyav: frame 20 of 40: " in reasons["middle.mp4"]
+    shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
+    rows = {row["path"].rsplit("/", 1)[1]: row for row in pq.read_table(shards).to_pylist()}
+    assert {name for name, row in rows.items() if row["backend"] == "pyav"} == pyav_only
+    assert {name for name, row in rows.items() if row["backend"] == "decord"} == {"0.mp4", "1.mp4", "gop.mp4"}
+    assert (rows["w48.mp4"]["width"], rows["w48.mp4"]["height"], rows["w48.mp4"]["num_frames"]) == (48, 40, 12)
+    notes = {entry["path"].rsplit("/", 1)[1]: entry["note"] for entry in manifest["notes"]}
+    assert set(notes) == pyav_only and all(note.startswith("read with pyav: ") for note in notes.values())
+    assert manifest["video_backends"] == ["decord", "pyav"]
+    assert "rejected: 2" in capsys.readouterr().out

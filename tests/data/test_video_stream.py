@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from timm.data import Mixup
+from video_files import damage_frames, write_video
 
 from fovea.config import DataConfig
 from fovea.data import ClipSpec, DecodeClips, build_video_datasets, prepare_videos
@@ -109,6 +110,45 @@ def test_rows_that_no_longer_decode_are_skipped(video_rows):
     assert empty["video"].shape == (0, 3, 4, 32, 32)
 
 
+def test_clips_of_files_decord_misreads_are_decoded_with_pyav(tmp_path):
+    narrow = tmp_path / "w48.mp4"
+    write_video(narrow, size=(40, 48), num_frames=12)  # decord 0.6 returns (40, 48, 4) frames
+    rows = read_and_check_videos({"path": [str(narrow)], "label": [1], "class_name": ["x"], "split": ["train"]})
+    rows = rows.to_pydict()
+    assert rows["backend"] == ["pyav"] and rows["error"] == [""] and rows["note"][0].startswith("read with pyav: ")
+    spec = ClipSpec(img_size=32, num_frames=4, frame_interval=2)
+    batch = _numpy_batch(rows)
+    clips = DecodeClips(spec, train=False)(batch)  # data.video_backend=decord, the default
+    assert clips["video"].shape == (1, 3, 4, 32, 32) and clips["label"].tolist() == [1]
+    del batch["backend"]  # shards made before the column: decord fails, PyAV reads it
+    assert np.array_equal(DecodeClips(spec, train=False)(batch)["video"], clips["video"])
+
+
+def test_a_clip_that_fails_mid_epoch_is_skipped_and_named(video_rows, tmp_path, caplog):
+    encoded = dict(video_rows["encoded"])
+    gop = write_video(tmp_path / "gop.mp4", num_frames=16, gop=4)
+    damaged = {
+        name: values[0]
+        for name, values in read_and_check_videos(
+            {"path": [str(tmp_path / "gop.mp4")], "label": [0], "class_name": ["x"], "split": ["train"]}
+        )
+        .to_pydict()
+        .items()
+    }
+    damaged.update(video=damage_frames(gop, 5, 6, 7), path="/data/damaged-after-preparation.mp4")
+    rows = {name: [*values, damaged[name]] for name, values in encoded.items()}
+    rows["label"][1] = None  # not a decoder's error, still a skipped row, never a failed task
+    spec = ClipSpec(img_size=32, num_frames=4, frame_interval=1, num_temporal_clips=4)  # views over every frame
+    with caplog.at_level("WARNING", logger="fovea.data.decode_failures"):
+        out = DecodeClips(spec, train=False)(_numpy_batch(rows))
+    assert out["label"].tolist() == [0, 0, 1, 0, 1]  # rows 1 and 6 skipped, the batch delivered
+    assert "skipping video /data/damaged-after-preparation.mp4: it does not decode (" in caplog.text
+    assert f"skipping video {encoded['path'][1]}: it does not decode (TypeError: " in caplog.text
+    reference = _numpy_batch(video_rows["reference"])
+    reference["path"] = np.asarray([*reference["path"][:5], str(tmp_path / "moved.mp4")], dtype=object)
+    assert DecodeClips(SPEC, train=True, storage="reference")(reference)["video"].shape[0] == 5
+
+
 def test_stream_through_ray_data(ray_local, tmp_path):
     raw = tmp_path / "raw"
     for index in range(12):
@@ -139,6 +179,23 @@ def test_stream_through_ray_data(ray_local, tmp_path):
     views = next(iter(datasets["val_views"].iter_torch_batches(batch_size=4)))["video"]
     assert views.shape[1:] == (2, 3, 4, 32, 32) and views.dtype == torch.uint8
     assert sorted(epoch(datasets, "val")) == sorted(epoch(datasets, "val"))  # evaluation clips never change
+
+
+def test_decode_failures_in_ray_data_tasks_reach_the_runs_tally(ray_local, video_rows):
+    from fovea.data.decode_failures import open_tally, take_failures
+
+    rows = dict(video_rows["encoded"])
+    rows["video"] = [*rows["video"][:2], b"garbage", *rows["video"][3:]]
+    open_tally()
+    assert take_failures().rows == 0  # the tally is up, and empty: an earlier run's counts are gone
+    dataset = ray_local.data.from_items(
+        [{name: values[i] for name, values in rows.items()} for i in range(6)]
+    ).map_batches(DecodeClips(SPEC, train=True), batch_size=2, batch_format="numpy")
+    assert sum(len(batch["label"]) for batch in dataset.iter_batches(batch_format="numpy")) == 5
+    failures = take_failures()
+    assert (failures.rows, failures.first_path) == (1, rows["path"][2])
+    assert failures.first_reason.startswith("not a readable video (decord: ")
+    assert take_failures().rows == 0  # taken: the next epoch counts from zero
 
 
 class MeanColour(torch.nn.Module):

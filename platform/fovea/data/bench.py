@@ -235,7 +235,7 @@ def _warm_page_cache(shards: list[str]) -> None:
 
 def _row_decoder(manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size: int) -> tuple[str, list[str], Any]:
     """``(key, columns, decode)``: the decoded column, the stored columns read, and the training-time row decoder."""
-    from fovea.data.clips import CLIP_COLUMNS, DecodeClips
+    from fovea.data.clips import DecodeClips, clip_columns
     from fovea.data.stream import augment_args, clip_spec
     from fovea.data.transforms import DecodeImages
 
@@ -248,8 +248,9 @@ def _row_decoder(manifest: dict[str, Any], data_cfg: Any, *, kind: str, img_size
             backend=data_cfg.video_backend,
             decode_threads=data_cfg.decode_threads,
         )
-        return "video", CLIP_COLUMNS, decode
-    return "image", ["image", "label"], DecodeImages(img_size, train=True, **augment_args(data_cfg))
+        return "video", clip_columns(manifest), decode
+    decode = DecodeImages(img_size, train=True, background=data_cfg.alpha_rgb, **augment_args(data_cfg))
+    return "image", ["image", "label"], decode
 
 
 def _ray_round(

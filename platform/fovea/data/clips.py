@@ -18,7 +18,6 @@ anew. Output is uint8, a quarter of float32's bytes; the training worker normali
 
 from __future__ import annotations
 
-import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -28,15 +27,25 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from fovea.data.decode_failures import begin_batch, flush_batch, skip_row
 from fovea.data.sampling import dense_indices, segment_indices
-from fovea.data.video import BadVideo, decode_frames, read_bytes
-
-log = logging.getLogger(__name__)
+from fovea.data.video import backend_order, decode_frames, read_bytes
 
 SAMPLINGS = ("dense", "segment")
 STORAGES = ("encoded", "reference", "decoded")
-# The columns DecodeClips reads from a prepared video dataset's shards.
+# The columns DecodeClips reads from a prepared video dataset's shards (see clip_columns for ``backend``).
 CLIP_COLUMNS = ["video", "path", "label", "num_frames", "start_frame", "width", "height"]
+# The manifest key of datasets whose rows carry a ``backend`` column: the decoders preparation tried, in order.
+BACKENDS_KEY = "video_backends"
+
+
+def clip_columns(manifest: dict[str, Any]) -> list[str]:
+    """The columns to read from a prepared video dataset: :data:`CLIP_COLUMNS`, plus each row's ``backend`` (the
+    decoder that read the file when it was prepared) in datasets that record it."""
+    return CLIP_COLUMNS + (["backend"] if manifest.get(BACKENDS_KEY) else [])
+
+
+_ROW_COLUMNS = (*CLIP_COLUMNS, "backend")  # what a row handed to DecodeClips may hold
 
 
 @dataclass(frozen=True)
@@ -160,15 +169,18 @@ class DecodeClips:
     view and ``(N, V, 3, T, S, S)`` for ``V = num_temporal_clips x num_spatial_crops`` views, which
     ``fovea.train.loop.evaluate`` scores by averaging each video's logits.
 
-    Rows that no longer decode (a file moved or damaged after preparation) are dropped with a warning that counts
-    them, instead of failing the epoch.
+    Each row is decoded with ``backend`` unless its ``backend`` column says preparation found only another one reads
+    the file; when that fails, with the other backends (:func:`fovea.data.video.backend_order`). Rows that no longer
+    decode with any (a file moved or damaged after preparation, damage the probe did not see) are dropped with a
+    warning naming the file and counted in the run's tally (:mod:`fovea.data.decode_failures`), instead of failing
+    the task and the epoch.
 
     Args:
         spec: the clip geometry and augmentation.
         train: random clips and augmentation, or the deterministic evaluation views.
         storage: how the shards hold videos: ``encoded`` bytes, a ``reference`` (path or URI) to the file, or
             ``decoded`` uint8 frames (``pipelines/prepare_videos.py --pre-decode``).
-        backend: ``decord`` or ``pyav`` (encoded and referenced videos).
+        backend: ``decord`` or ``pyav`` (encoded and referenced videos): ``data.video_backend``.
         decode_threads: decord threads per video.
         seed: seed of the training clips and augmentation.
     """
@@ -185,6 +197,7 @@ class DecodeClips:
     ) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        backend_order(backend)  # an unknown backend is an error here, not a skipped row in every batch
         self.spec, self.train, self.storage = spec, train, storage
         self.backend, self.decode_threads, self.seed = backend, decode_threads, seed
 
@@ -195,7 +208,8 @@ class DecodeClips:
             return stored.reshape(int(row["num_frames"]), int(row["height"]), int(row["width"]), 3)[indices]
         data = row["video"] if self.storage == "encoded" else read_bytes(row["path"])
         offset = int(row.get("start_frame") or 0)  # a segment of a longer file
-        return decode_frames(data, indices + offset, backend=self.backend, num_threads=self.decode_threads)
+        backends = backend_order(self.backend, row.get("backend") or None)
+        return decode_frames(data, indices + offset, backend=backends, num_threads=self.decode_threads)
 
     def views(self, row: dict[str, Any], execution: int = 0) -> list[np.ndarray]:
         """The uint8 ``(3, T, S, S)`` clips of one row: one for training, ``num_views`` for evaluation."""
@@ -211,18 +225,19 @@ class DecodeClips:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         execution = execution_index() if self.train else 0
-        columns = [name for name in CLIP_COLUMNS if name in batch]
-        videos, labels, skipped = [], [], 0
-        for values in zip(*(batch[name] for name in columns), strict=True):
+        columns = [name for name in _ROW_COLUMNS if name in batch]
+        videos, labels = [], []
+        begin_batch()
+        for index, values in enumerate(zip(*(batch[name] for name in columns), strict=True)):
             row = dict(zip(columns, values, strict=True))
             try:
-                views = self.views(row, execution)
-            except (BadVideo, OSError, ValueError) as err:  # skip the row, never the epoch
-                skipped += 1
-                log.warning("skipping video %s (%s); %d in this batch", row.get("path"), err, skipped)
+                views, label = self.views(row, execution), int(row["label"])
+            except Exception as err:  # noqa: BLE001 - any decoder, file or value error: skip the row, never the epoch
+                skip_row("video", batch, index, err)
                 continue
             videos.append(views[0] if len(views) == 1 else np.stack(views))
-            labels.append(int(row["label"]))
+            labels.append(label)
+        flush_batch()
         spec = self.spec
         shape = (spec.num_views,) if not self.train and spec.num_views > 1 else ()
         shape += (3, spec.num_frames, spec.img_size, spec.img_size)

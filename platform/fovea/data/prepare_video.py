@@ -1,9 +1,10 @@
 """Turn a folder or list of raw videos into a prepared dataset: Parquet shards, one row per video or segment.
 
 The same Ray Data job as images (:func:`fovea.data.prepare.run_preparation`): the file list is built on the
-driver, :func:`read_and_check_videos` probes every file with decord in ``map_batches`` (metadata, first and last
-frame decoded), bad files become rejected rows with a one-line reason, and each split's good rows are written as
-shards. A row holds one of three things in its ``video`` column (the manifest's ``storage``):
+driver, :func:`read_and_check_videos` probes every file in ``map_batches`` (:func:`fovea.data.video.probe_video`:
+metadata, frames spread over the file decoded, with decord or, for a file decord cannot read, PyAV), bad files
+become rejected rows with a one-line reason, and each split's good rows are written as shards. A row holds one of
+three things in its ``video`` column (the manifest's ``storage``):
 
 - ``encoded`` (default): the file's bytes, so training needs nothing but the shards;
 - ``reference``: nothing; the row's ``path`` (a local path or URI) is read at training time, for collections too
@@ -13,17 +14,19 @@ shards. A row holds one of three things in its ``video`` column (the manifest's 
   training time, at several times the bytes.
 
 Every row also carries ``label``, ``class_name``, ``path``, ``num_frames``, ``fps``, ``duration`` (seconds),
-``width``, ``height`` and ``start_frame``. A segment (a list's ``start``/``end`` seconds) is the frames
-``[start_frame, start_frame + num_frames)`` of its file; encoded rows store the whole file's bytes, so a file cut
-into many segments is better prepared ``--by-reference``.
+``width``, ``height``, ``start_frame`` and ``backend`` (the decoder that read it: training decodes it with that one
+when the configured one does not read it; a file read by PyAV only is listed in ``notes``). A segment (a list's
+``start``/``end`` seconds) is the frames ``[start_frame, start_frame + num_frames)`` of its file; encoded rows store
+the whole file's bytes, so a file cut into many segments is better prepared ``--by-reference``.
 
 Videos shorter than ``min_frames`` are kept and loop-padded when clips are sampled (listed in the manifest's
-``notes``), or rejected with ``too_short="reject"``. Zero-byte, unreadable, truncated and frameless files are
-always rejected.
+``notes``), or rejected with ``too_short="reject"``. Zero-byte, unreadable, truncated, damaged (a probed frame no
+backend decodes) and frameless files are always rejected, the reason giving each backend's error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,12 +35,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fovea.data.clips import STORAGES
+from fovea.data.clips import BACKENDS_KEY, STORAGES
 from fovea.data.prepare import run_preparation
-from fovea.data.scan import scan_source
-from fovea.data.video import BadVideo, decode_frames, probe_video, read_bytes
-from fovea.data.write import check_output_dir
-from fovea.errors import joined_lines
+from fovea.data.scan import survey_source
+from fovea.data.video import VIDEO_BACKENDS, BadVideo, decode_frames, probe_video, read_bytes
+from fovea.data.write import check_dedup, check_output_dir
+from fovea.errors import joined_lines, typed_line
 
 TOO_SHORT = ("pad", "reject")
 
@@ -54,9 +57,11 @@ CHECKED_VIDEO_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("start_frame", pa.int32()),
+        ("backend", pa.string()),  # the first of fovea.data.video.VIDEO_BACKENDS that reads the file; "" if none
         ("split", pa.string()),
         ("error", pa.string()),
         ("note", pa.string()),
+        ("content_hash", pa.string()),  # hex SHA-256 of the file's bytes as read; "" for rejected rows
     ]
 )
 
@@ -94,6 +99,8 @@ def check_video(
         if too_short == "reject":
             raise BadVideo(f"too short: {num_frames} frames, at least {min_frames} needed")
         note = f"short: {num_frames} frames (fewer than {min_frames}); clips loop over them"
+    if info.fallback:
+        note = "; ".join(filter(None, [note, f"read with {info.backend}: {info.fallback}"]))
     row = {
         "video": data if storage == "encoded" else b"",
         "num_frames": num_frames,
@@ -102,15 +109,19 @@ def check_video(
         "width": info.width,
         "height": info.height,
         "start_frame": start_frame,
+        "backend": info.backend,
         "note": note,
     }
     if storage == "decoded":
-        row.update(_pre_decode(data, start_frame, num_frames, size=pre_decode_size, keep_frames=pre_decode_frames))
+        frames = dict(size=pre_decode_size, keep_frames=pre_decode_frames, backend=info.backend)
+        row.update(_pre_decode(data, start_frame, num_frames, **frames))
         row["fps"] = row["num_frames"] / row["duration"] if row["duration"] > 0 else info.fps
     return row
 
 
-def _pre_decode(data: bytes, start_frame: int, num_frames: int, *, size: int, keep_frames: int) -> dict[str, Any]:
+def _pre_decode(
+    data: bytes, start_frame: int, num_frames: int, *, size: int, keep_frames: int, backend: str
+) -> dict[str, Any]:
     """Decode a video's frames (or ``keep_frames`` evenly spread ones) with the short side shrunk to ``size``."""
     import torch
 
@@ -121,7 +132,7 @@ def _pre_decode(data: bytes, start_frame: int, num_frames: int, *, size: int, ke
         indices = segment_indices(num_frames, num_frames=keep_frames)  # the middle frame of equal segments
     else:
         indices = np.arange(num_frames)
-    frames = decode_frames(data, indices + start_frame)  # (T, H, W, 3)
+    frames = decode_frames(data, indices + start_frame, backend=backend)  # (T, H, W, 3)
     height, width = frames.shape[1:3]
     if min(height, width) > size:
         clip = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # (T, 3, h, w)
@@ -154,16 +165,21 @@ def read_and_check_videos(batch: pa.Table | Mapping[str, Sequence[Any]], **optio
         return list(batch[name]) if name in batch else [None] * len(batch["path"])
 
     empty = {"video": b"", "num_frames": 0, "fps": 0.0, "duration": 0.0, "width": 0, "height": 0, "start_frame": 0}
+    empty["backend"] = ""
     rows = []
     for path, start, end in zip(column("path"), column("start"), column("end"), strict=True):
         try:
-            row = {**check_video(read_bytes(path), start=start, end=end, **options), "error": ""}
+            data = read_bytes(path)
+            row = {**check_video(data, start=start, end=end, **options), "error": ""}
+            row["content_hash"] = hashlib.sha256(data).hexdigest()
         except OSError as error:
             row = {**empty, "note": "", "error": f"unreadable file: {error.strerror or joined_lines(error)}"}
         except BadVideo as error:
             row = {**empty, "note": "", "error": str(error)}
+        except Exception as error:  # noqa: BLE001 - a decoder's surprise: one rejected row, never a failed job
+            row = {**empty, "note": "", "error": f"could not be checked: {typed_line(error)}"}
         rows.append(row)
-    table = {name: [row[name] for row in rows] for name in (*empty, "error", "note")}
+    table = {name: [row.get(name, "") for row in rows] for name in (*empty, "error", "note", "content_hash")}
     table.update(
         label=[int(label) for label in column("label")],
         class_name=[str(name) for name in column("class_name")],
@@ -187,6 +203,7 @@ def prepare_videos(
     pre_decode_frames: int = 0,
     overwrite: bool = False,
     num_cpus: int | None = None,
+    dedup: str = "split",
 ) -> dict[str, Any]:
     """Probe every video of SRC and write the good ones (or their segments) as a prepared dataset in OUT.
 
@@ -204,6 +221,8 @@ def prepare_videos(
         pre_decode_frames: ``decoded`` storage: frames kept per video, evenly spread (0 = every frame).
         overwrite: Replace a prepared dataset already in OUT.
         num_cpus: CPUs of a local Ray started here (ignored when Ray is already initialized).
+        dedup: Files of the same contents (and segment): ``split`` (in train and val: kept in train only), ``drop``
+            (kept once) or ``keep`` (only listed); see :func:`fovea.data.write.find_duplicate_contents`.
 
     Returns:
         The manifest (absolute shard paths); ``kind`` is ``video`` and ``storage`` says what rows hold.
@@ -219,8 +238,10 @@ def prepare_videos(
         raise ValueError(f"too_short must be one of {', '.join(TOO_SHORT)}, got {too_short!r}")
     if shard_rows < 1 or min_frames < 1 or pre_decode_size < 8 or pre_decode_frames < 0:
         raise ValueError("shard_rows and min_frames must be at least 1, pre_decode_size at least 8, frames >= 0")
+    check_dedup(dedup)
     out = check_output_dir(out, overwrite=overwrite)
-    items, classes = scan_source(src, val_fraction=val_fraction, seed=seed, segments=True)
+    scan = survey_source(src, val_fraction=val_fraction, seed=seed, segments=True)
+    items, classes = scan.items, scan.classes
     check_kwargs = {
         "storage": storage,
         "min_frames": min_frames,
@@ -236,12 +257,14 @@ def prepare_videos(
         kind="video",
         check=read_and_check_videos,
         check_kwargs=check_kwargs,
-        options={"val_fraction": val_fraction, "seed": seed, "shard_rows": shard_rows, **check_kwargs},
+        options={"val_fraction": val_fraction, "seed": seed, "shard_rows": shard_rows, **check_kwargs, "dedup": dedup},
         shard_rows=shard_rows,
         seed=seed,
         overwrite=overwrite,
         num_cpus=num_cpus,
         # a video row is far larger and slower to check than an image's: small batches spread the work evenly
         check_batch_size=max(1, min(16, math.ceil(len(items) / 32))),
-        extra={"storage": storage},
+        extra={"storage": storage, BACKENDS_KEY: list(VIDEO_BACKENDS)},  # rows carry the backend that read them
+        scan=scan,
+        dedup=dedup,
     )

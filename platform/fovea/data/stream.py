@@ -12,7 +12,8 @@ CPU, and split across the training workers by Ray Train. Where the encoded rows 
 Either way each shard file is read by its own task (``fovea.data.shards.read_shards``, not ``read_parquet``, whose
 reader packs small files into one task and re-reads every footer each epoch: one bad file there costs the rows of
 its neighbours, or the whole epoch), so a shard that fails to read is one errored block, skipped within what is left
-of ``data.max_bad_shards``.
+of ``data.max_bad_shards``. A row that fails to decode is dropped by the decode step, which names its file and counts
+it in the run's tally (:mod:`fovea.data.decode_failures`, started here) for the training worker's epoch warning.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from fovea.data.clips import CLIP_COLUMNS, ClipSpec, DecodeClips
+from fovea.data.clips import ClipSpec, DecodeClips, clip_columns
+from fovea.data.decode_failures import FlushEachBatch, open_tally
 from fovea.data.shards import (
     BadShardsError,
     errored_block_budget,
@@ -150,13 +152,20 @@ def build_image_datasets(
         from fovea.data.device_decode import PlanCrops
 
         augment = {k: v for k, v in augment_args(data_cfg).items() if not k.startswith("randaugment")}
-        train_decode: Any = PlanCrops(img_size, train=True, **augment)
-        val_decode: Any = PlanCrops(img_size, train=False, crop_pct=data_cfg.crop_pct)
-    else:
-        train_decode = DecodeImages(img_size, train=True, **augment_args(data_cfg))
-        val_decode = DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct)
+        train_decode: Any = PlanCrops(img_size, train=True, background=data_cfg.alpha_rgb, **augment)
+        val_decode: Any = PlanCrops(img_size, train=False, crop_pct=data_cfg.crop_pct, background=data_cfg.alpha_rgb)
+    else:  # rows that fail to decode are counted after each batch, and named by their path
+        train_decode = FlushEachBatch(
+            DecodeImages(img_size, train=True, background=data_cfg.alpha_rgb, **augment_args(data_cfg))
+        )
+        val_decode = FlushEachBatch(
+            DecodeImages(img_size, train=False, crop_pct=data_cfg.crop_pct, background=data_cfg.alpha_rgb)
+        )
+    open_tally()
     batch = data_cfg.decode_batch_size
     cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, max_bad_shards=data_cfg.max_bad_shards)
+    if data_cfg.jpeg_decode != "device":
+        cache["columns"] = ["image", "label", "path"]
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)
     val = read_split(manifest, "val", **cache)
     return {
@@ -201,7 +210,8 @@ def build_video_datasets(
     decode = dict(storage=storage, backend=data_cfg.video_backend, decode_threads=data_cfg.decode_threads)
     batch = data_cfg.decode_batch_size
     cache = dict(cache_max_mb=data_cfg.cache_max_mb, block_rows=batch, max_bad_shards=data_cfg.max_bad_shards)
-    cache["columns"] = CLIP_COLUMNS
+    cache["columns"] = clip_columns(manifest)
+    open_tally()
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)
     val = read_split(manifest, "val", **cache)
     datasets = {

@@ -1,7 +1,10 @@
 """Prepare an image classification dataset: validate every image and write Parquet shards plus manifest.json.
 
 SRC is a folder of class subfolders, a folder whose train/ and val/ hold class subfolders, or a CSV/JSON list of
-path,label[,split]. Corrupt files are skipped and listed in the manifest; the job still succeeds.
+path,label[,split]. Corrupt files are skipped and listed in the manifest; the job still succeeds. Every entry of SRC
+ends up prepared, rejected (a reason), ignored (hidden, outside class folders) or listed as a duplicate; a summary
+line per category is printed at the end. Links are followed (each real file prepared once, loops refused), and
+files of equal contents are kept in one split (--dedup).
 
     python pipelines/prepare_images.py ~/data/flowers ~/data/flowers-prepared --max-side 256
     ray job submit --working-dir . -- python pipelines/prepare_images.py /shared/raw /shared/prepared
@@ -25,8 +28,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="val share per class when SRC has no splits")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val split and row order")
     parser.add_argument("--shard-rows", type=int, default=1000, help="about how many images per Parquet shard")
-    parser.add_argument("--max-side", type=int, default=None, help="shrink larger images to this long side (JPEG)")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=2048,
+        help="shrink images with a longer side to this long side, re-encoded as JPEG (PNG when transparent); 0 keeps "
+        "every size",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of shrunk images")
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=64.0,
+        help="reject files larger than this (MiB) without reading them",
+    )
+    parser.add_argument(
+        "--dedup",
+        choices=("split", "drop", "keep"),
+        default="split",
+        help="files of the same contents: keep a content found in train and val in train only (split), keep one "
+        "copy overall (drop), or keep all and only list them (keep)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in OUT")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     return parser.parse_args(argv)
@@ -40,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fovea.data import prepare_images
-    from fovea.data.manifest import describe_manifest
+    from fovea.data.manifest import describe_manifest, summary_lines
 
     start = time.perf_counter()
     try:
@@ -53,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             shard_rows=args.shard_rows,
             max_side=args.max_side,
             jpeg_quality=args.jpeg_quality,
+            max_file_mb=args.max_file_mb,
             overwrite=args.overwrite,
             num_cpus=args.num_cpus,
+            dedup=args.dedup,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -62,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"prepared {args.out} in {time.perf_counter() - start:.1f} s")
     print(describe_manifest(manifest))
+    print("\n".join(summary_lines(manifest)))
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Prepare a video classification dataset: probe every video with decord and write Parquet shards plus manifest.json.
+"""Prepare a video classification dataset: probe every video (decord, else PyAV), write Parquet shards + manifest.json.
 
 SRC is a folder of class subfolders, a folder whose train/ and val/ hold class subfolders, or a CSV/JSON list of
 path,label[,split][,start,end] (Kinetics-style; time_start/time_end work too). Unusable files are skipped and
-listed in the manifest with a reason; the job still succeeds.
+listed in the manifest with a reason; the job still succeeds. As for images, every entry of SRC is accounted for
+(prepared, rejected, ignored, duplicate) and files of equal contents are kept in one split (--dedup).
 
     python pipelines/prepare_videos.py ~/data/kinetics-mini ~/data/kinetics-mini-prepared
     python pipelines/prepare_videos.py train.csv /shared/k400-prepared --by-reference
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="pad",
         help="short videos: keep them (clips loop over their frames) or reject them",
     )
+    parser.add_argument(
+        "--dedup",
+        choices=("split", "drop", "keep"),
+        default="split",
+        help="files of the same contents: keep a content found in train and val in train only (split), keep one "
+        "copy overall (drop), or keep all and only list them (keep)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in OUT")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     return parser.parse_args(argv)
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from fovea.data import prepare_videos
-    from fovea.data.manifest import describe_manifest
+    from fovea.data.manifest import describe_manifest, summary_lines
 
     storage = "reference" if args.by_reference else "decoded" if args.pre_decode else "encoded"
     start = time.perf_counter()
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             pre_decode_frames=args.pre_decode_frames,
             overwrite=args.overwrite,
             num_cpus=args.num_cpus,
+            dedup=args.dedup,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"prepared {args.out} ({storage} videos) in {time.perf_counter() - start:.1f} s")
     print(describe_manifest(manifest))
+    print("\n".join(summary_lines(manifest)))
     return 0
 
 

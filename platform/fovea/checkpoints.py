@@ -172,6 +172,8 @@ def verify(path: str | Path) -> str | None:
 
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")
+# what torch's weights-only unpickler says of bytes that are no pickle at all (rather than a pickle of objects)
+_NOT_A_PICKLE = re.compile(r"Unsupported operand \d+|String is too long|unsupported persistent id|Can only append to")
 
 
 def load_verified(path: str | Path, *, what: str = "checkpoint") -> Any:
@@ -188,13 +190,18 @@ def load_verified(path: str | Path, *, what: str = "checkpoint") -> Any:
     except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, objects weights_only refuses, ...
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
+            junk = _NOT_A_PICKLE.search(text)
+            if junk:  # random bytes or a damaged file, not objects: the unpickler met what no pickle holds
+                raise CheckpointError(f"{path}: unreadable {what} (not a torch file, or corrupt: {junk[0]})") from None
             found = _GLOBAL.search(text)
             needs = f" ({found[1]})" if found else ""
             raise CheckpointError(
                 f"{path}: refused: the {what} holds Python objects{needs} that only unpickling could rebuild, and "
                 "fovea never unpickles (save a state dict of tensors instead)"
             ) from None
-        raise CheckpointError(f"{path}: unreadable {what} ({_reason(err)})") from None
+        access = isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError)
+        hint = "" if access else ": cut short, corrupt, or not a torch file"
+        raise CheckpointError(f"{path}: unreadable {what} ({_reason(err)}){hint}") from None
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:

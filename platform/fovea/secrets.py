@@ -8,8 +8,9 @@ secret (``class_token=False``, ``reg_tokens=4``, ``key_dim=16``), and numbers an
 can still be rebuilt from its record.
 
 The in-memory config keeps the real values; ``redact`` is applied where values leave fovea: MLflow params, tags and
-artifacts, checkpoints, sweep files, printed errors. Credentials for MLflow and object stores come from the
-environment only: ``uri_credentials`` finds URIs that embed them, which the config refuses.
+artifacts, checkpoints, sweep files, printed errors; it also hides the credentials of a URI in any string
+(``redact_uris``). Credentials for MLflow and object stores come from the environment only: ``uri_credentials``
+finds URIs that embed them (a password with unencoded ``/``, ``#`` or ``@`` too), which the config refuses.
 
 No Ray, MLflow or torch here: the config imports this module.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus
 
 MARKER = "***"
 SECRET_WORDS = ("token", "password", "passwd", "secret", "key")
@@ -28,6 +29,8 @@ _QUERY_CREDENTIAL_WORDS = ("credential", "signature", "sig")
 _USER_IS_CREDENTIAL = ("http", "https", "s3", "s3a", "gs", "gcs")
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,()\[\]{}'\"]+")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_TO_SPACE = re.compile(r"\S+")
 
 
 def _words(name: str) -> list[str]:
@@ -48,7 +51,8 @@ def is_secret_name(name: str) -> bool:
 
 
 def redact(tree: Any, secret: bool = False) -> Any:
-    """A copy of ``tree`` (dicts, lists, scalars) with every string under a secret name replaced by ``MARKER``.
+    """A copy of ``tree`` (dicts, lists, scalars) with every string under a secret name replaced by ``MARKER``, and
+    the credentials of any URI in any other string too (``redact_uris``).
 
     Keys may be dotted paths (``{"model.kwargs": {...}}``, ``{"tune.model.kwargs.api_key": ...}``): any part of a key
     can make it secret.
@@ -63,6 +67,8 @@ def redact(tree: Any, secret: bool = False) -> Any:
         return type(tree)(redact(value, secret) for value in tree)
     if secret and isinstance(tree, str) and tree:
         return MARKER
+    if isinstance(tree, str):
+        return redact_uris(tree)
     return tree
 
 
@@ -79,31 +85,114 @@ def _where_to_put(scheme: str) -> str:
     return "the environment variables or credential files of that service"
 
 
+def _user_info(uri: str) -> tuple[str, str, str] | None:
+    """``(scheme, user part, what follows the @ that ends it)`` of a URI whose authority holds a user part, else None.
+
+    Read by hand, not with ``urlsplit``, so that a password with an unencoded ``/``, ``?``, ``#`` or ``@`` still
+    counts as one: ``urlsplit("http://user:sek/ret@host/")`` finds host ``user``, port ``sek`` and the path
+    ``/ret@host/``. An authority whose port is not a number (``user:sek``, ``user:``), or that ends at a ``#``, with
+    an ``@`` after it holds a user part. Whether that part is a credential is read from the authority as
+    ``urlsplit`` would see it; what is hidden reaches to the last ``@`` before the first ``?`` or ``#`` that follows
+    an ``@``: when in doubt, more is hidden, never less.
+    """
+    match = _SCHEME.match(uri)
+    if not match:
+        return None
+    scheme, body = match.group(1), uri[match.end() :]
+    end = next((i for i, char in enumerate(body) if char in "/?#"), len(body))
+    authority, first_at = body[:end], body.find("@")
+    if first_at < 0:
+        return None
+    cut = next((i for i in range(first_at, len(body)) if body[i] in "?#"), len(body))
+    widest = body.rindex("@", 0, cut)
+    if "@" in authority:
+        return scheme, authority.rpartition("@")[0], body[widest + 1 :]
+    port = authority.rpartition("]")[2].rpartition(":")
+    if (port[1] and not port[2].isdigit()) or body[end : end + 1] == "#":  # user:/pass@ too: an empty port
+        return scheme, body[:widest], body[widest + 1 :]
+    return None
+
+
+def _hide_parameters(text: str) -> tuple[str, bool]:
+    """A query string (or fragment) with the values of parameters named like credentials replaced by ``MARKER``,
+    and whether any was."""
+    pieces, hidden = [], False
+    for piece in text.split("&"):
+        name, eq, _ = piece.partition("=")
+        plain = unquote_plus(name)
+        if eq and (is_secret_name(plain) or _has_word(plain, _QUERY_CREDENTIAL_WORDS)):
+            piece, hidden = f"{name}={MARKER}", True
+        pieces.append(piece)
+    return "&".join(pieces), hidden
+
+
+def _hidden_uri(uri: str) -> str | None:
+    """``uri`` with its credentials replaced by ``MARKER`` (see ``uri_credentials``), or None when it has none."""
+    match = _SCHEME.match(uri)
+    if not match:
+        return None
+    scheme, rest = match.group(1), uri[match.end() :]
+    found = _user_info(uri)
+    user_is_credential = found is not None and (":" in found[1] or scheme.lower() in _USER_IS_CREDENTIAL)
+    if user_is_credential:
+        rest = f"{MARKER}@{found[2]}"
+    before, mark, after = rest.partition("#")
+    path, question, query = before.partition("?")
+    query, in_query = _hide_parameters(query)
+    after, in_fragment = _hide_parameters(after)
+    if not (user_is_credential or in_query or in_fragment):
+        return None
+    return f"{scheme}://{path}{question}{query}{mark}{after}"
+
+
 def uri_credentials(uri: str) -> str | None:
     """Why ``uri`` may not be given as it is (it embeds credentials), in words that do not repeat them; else None.
 
-    Credentials are a user part with a password (``http://user:pass@host``), any user part where it is the credential
-    (``https://TOKEN@host``, ``s3://KEY:SECRET@bucket``, ``gs://TOKEN@bucket``), or a query parameter named like a
-    secret (``?access_key=...&secret_key=...``, presigned ``X-Amz-Signature``).
+    Credentials are a user part with a password (``http://user:pass@host``, the password holding any character,
+    ``/``, ``#`` and ``@`` unencoded too), any user part where it is the credential (``https://TOKEN@host``,
+    ``s3://KEY:SECRET@bucket``, ``gs://TOKEN@bucket``), or a query parameter named like a secret
+    (``?access_key=...&secret_key=...``, presigned ``X-Amz-Signature``).
     """
-    try:
-        parts = urlsplit(uri)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
+    shown = _hidden_uri(uri)
+    if shown is None:
         return None
-    scheme = parts.scheme.lower()
-    user, at, host = parts.netloc.rpartition("@")
-    user_is_credential = bool(at) and (":" in user or scheme in _USER_IS_CREDENTIAL)
-    hidden = [name for name, _ in query if is_secret_name(name) or _has_word(name, _QUERY_CREDENTIAL_WORDS)]
-    if not user_is_credential and not hidden:
-        return None
-    netloc = f"{MARKER}@{host}" if user_is_credential else parts.netloc
-    shown_query = "&".join(f"{name}={MARKER if name in hidden else value}" for name, value in query)
-    shown = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{shown_query}" if shown_query else "")
+    scheme = uri.partition("://")[0].lower()
     return (
         f"{shown} carries credentials; fovea takes them from the environment only: set {_where_to_put(scheme)}, "
         "and give the URI without them"
     )
+
+
+def _uris_in(text: str) -> list[tuple[int, str, str]]:
+    """Each URI in ``text`` that carries credentials: ``(start, the URI as found, it with them hidden)``.
+
+    A URI inside other text (``choice(s3://a, s3://b)``) ends at a comma, bracket or quote; one whose password holds
+    such a character is found by also reading it up to the next white space.
+    """
+    found, covered = [], 0
+    for start in (match.start() for match in _SCHEME.finditer(text)):
+        if start < covered:
+            continue
+        short, whole = _URI.match(text, start), _TO_SPACE.match(text, start)
+        for candidate in dict.fromkeys(match.group(0) for match in (short, whole) if match):
+            hidden = _hidden_uri(candidate)
+            if hidden is not None:
+                found.append((start, candidate, hidden))
+                covered = start + len(candidate)
+                break
+    return found
+
+
+def redact_uris(text: str) -> str:
+    """``text`` with the credentials of every URI in it replaced by ``MARKER`` (user parts that hold them, query
+    parameters named like secrets); text without such URIs comes back unchanged."""
+    if "://" not in text:
+        return text
+    pieces, last = [], 0
+    for start, uri, hidden in _uris_in(text):
+        pieces += [text[last:start], hidden]
+        last = start + len(uri)
+    return "".join(pieces) + text[last:]
 
 
 def find_uri_credentials(tree: Any, path: str = "") -> tuple[str, str] | None:
@@ -119,8 +208,8 @@ def find_uri_credentials(tree: Any, path: str = "") -> tuple[str, str] | None:
             if found:
                 return found
     elif isinstance(tree, str) and "://" in tree:
-        for match in _URI.finditer(tree):
-            reason = uri_credentials(match.group(0))
+        for _, uri, _ in _uris_in(tree):
+            reason = uri_credentials(uri)
             if reason:
                 return path, reason
     return None

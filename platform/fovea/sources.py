@@ -21,7 +21,7 @@ from torch import nn
 SourceKind = Literal["registry", "checkpoint", "folder", "name"]
 
 _ALIAS_SHORTHAND = re.compile(r"^[^/@\s]+@[\w.-]+$")  # NAME@ALIAS, without models:/
-INPUT_KEYS = ("img_size", "mean", "std", "crop_pct", "num_frames", "frame_interval", "sampling")
+INPUT_KEYS = ("img_size", "mean", "std", "crop_pct", "alpha_background", "num_frames", "frame_interval", "sampling")
 
 
 @dataclass
@@ -144,35 +144,42 @@ def load_checkpoint_model(path: Path, source: str, *, num_classes: int = 0) -> L
         num_classes: the head size of a checkpoint that records no classes (``<= 0``: such a checkpoint is refused).
 
     Raises:
-        NotACheckpoint: the file lacks ``model`` or ``config``, or records no classes and ``num_classes <= 0``.
-        ValueError: (a ``CheckpointError``) the file is unreadable, corrupt, or would need unpickling.
+        NotACheckpoint: the file lacks ``model`` or ``config``, or records no classes and ``num_classes <= 0`` (a
+            ``.safetensors`` file holds plain weights: never a training checkpoint).
+        ValueError: (a ``CheckpointError``) the file is unreadable, corrupt, would need unpickling, or records a
+            config or weights the model cannot be rebuilt from.
     """
-    from fovea.checkpoints import load_verified
-    from fovea.models import create_model, is_video_model
-    from fovea.recipe import checkpoint_create_args
+    from fovea.checkpoints import CheckpointError, load_verified
+    from fovea.errors import joined_lines
+    from fovea.models import is_video_model
 
+    needs = "model, config and classes" if num_classes <= 0 else "model and config"
+    if path.suffix == ".safetensors":  # plain weights: a model name and a weights file say what to build
+        raise NotACheckpoint(f"{path}: not a fovea training checkpoint (needs {needs})", {"model", "config"})
     state = load_verified(path)  # a CheckpointError (ValueError): unreadable, corrupt, or needing unpickling
     if not isinstance(state, dict):
         state = {}
-    classes = list(state.get("classes") or []) or None
+    classes = state.get("classes") or None
     missing = {"model", "config"} - set(state)
     if classes is None and num_classes <= 0:
         missing.add("classes")
     if missing:
-        needs = "model, config and classes" if num_classes <= 0 else "model and config"
         raise NotACheckpoint(f"{path}: not a fovea training checkpoint (needs {needs})", missing)
-    config = json.loads(state["config"])
-    model_cfg, data_cfg = config["model"], config.get("data", {})
-    name = model_cfg["name"]
-    size = len(classes) if classes else num_classes
-    module = create_model(name, **checkpoint_create_args(state, config, num_classes=size))
-    module.load_state_dict(state["model"])
+    try:
+        module, name, config = _rebuild(state, classes, num_classes)
+    except (KeyError, TypeError, AttributeError, RuntimeError, json.JSONDecodeError) as err:
+        reason = f"{type(err).__name__}: {joined_lines(err)[:300]}"
+        raise CheckpointError(f"{path}: not a usable fovea checkpoint ({reason})") from None
+    classes = list(classes) if classes else None
+    data_cfg = config.get("data") or {}
+    model_cfg = config["model"]
     statistics = _statistics(module)
     inputs: dict[str, Any] = {
         "img_size": model_cfg.get("img_size"),
         "mean": list(data_cfg.get("mean") or statistics["mean"]),
         "std": list(data_cfg.get("std") or statistics["std"]),
         "crop_pct": data_cfg.get("crop_pct"),
+        "alpha_background": data_cfg.get("alpha_background"),
     }
     if is_video_model(name):
         inputs.update({key: data_cfg.get(key) for key in ("num_frames", "frame_interval", "sampling")})
@@ -188,6 +195,25 @@ def load_checkpoint_model(path: Path, source: str, *, num_classes: int = 0) -> L
         source_run_id=state.get("mlflow_run_id") or None,
         epoch=int(epoch) if isinstance(epoch, int) else None,
     )
+
+
+def _rebuild(state: dict[str, Any], classes: Any, num_classes: int) -> tuple[nn.Module, str, dict[str, Any]]:
+    """A checkpoint's model rebuilt from its recorded config and loaded with its weights: ``(module, name, config)``.
+
+    Raises:
+        KeyError, TypeError, RuntimeError, ValueError: the checkpoint records what no fovea run writes.
+    """
+    from fovea.models import create_model
+    from fovea.recipe import checkpoint_create_args
+
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise TypeError(f"its classes are a {type(classes).__name__}, not a list of names")
+    config = json.loads(state["config"])
+    name = config["model"]["name"]
+    size = len(classes) if classes else num_classes
+    module = create_model(name, **checkpoint_create_args(state, config, num_classes=size))
+    module.load_state_dict(state["model"])
+    return module, name, config
 
 
 def load_folder_model(path: Path, source: str) -> LoadedModel:
@@ -290,7 +316,7 @@ def _head_size(name: str, checkpoint: str) -> int:
     state = read_state_dict(Path(checkpoint).expanduser())
     first = classifier if isinstance(classifier, str) else classifier[0]
     weight = state.get(f"{first}.weight")
-    if weight is None:
+    if weight is None or weight.dim() < 1:
         raise ValueError(f"{checkpoint}: no {first}.weight classifier for {name}, so its classes are unknown")
     return int(weight.shape[0])
 

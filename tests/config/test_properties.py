@@ -77,8 +77,22 @@ positive = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
 ordered_pair = st.tuples(positive, positive).map(lambda pair: tuple(sorted(pair)))
 worker_range = st.tuples(st.integers(1, 64), st.integers(1, 64)).filter(lambda r: r[0] < r[1])
 unit_interval = st.floats(min_value=0, max_value=1, exclude_max=True)
+# text that becomes a file or folder name (schema.check_folder_name), or '' for "make one up"
+plain_names = st.just("") | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", fullmatch=True).filter(
+    lambda name: ".." not in name
+)
+NAME_FIELDS = ("job", "train.name", "tune.name", "tune.bootstrap_teacher")
+byte = st.integers(0, 255)
+colours = (
+    st.sampled_from(["white", "black", "gray"])
+    | st.tuples(byte, byte, byte).map(lambda rgb: "#" + "".join(f"{c:02x}" for c in rgb))
+    | st.tuples(byte, byte, byte).map(lambda rgb: ",".join(map(str, rgb)))
+)
+# text fields that take a format, not any text
+FORMATTED_TEXT = {**dict.fromkeys(NAME_FIELDS, plain_names), "data.alpha_background": colours}
 # fields whose valid values a custom validator narrows beyond what the annotation says
 SPECIAL = {
+    **FORMATTED_TEXT,
     "data.crop_scale": ordered_pair,
     "data.crop_ratio": ordered_pair,
     "data.scale_jitter": ordered_pair,
@@ -183,7 +197,10 @@ def test_any_valid_value_round_trips_through_an_override(data: st.DataObject) ->
 
 
 @fast()
-@given(path=st.sampled_from([p for p in OVERRIDABLE if LEAVES[p].annotation is str]), value=st.text(max_size=30))
+@given(
+    path=st.sampled_from([p for p in OVERRIDABLE if LEAVES[p].annotation is str and p not in FORMATTED_TEXT]),
+    value=st.text(max_size=30),
+)
 def test_text_fields_take_the_override_text_as_it_is(path: str, value: str) -> None:
     """A run named 2024, an experiment "v2 #3", a path "~": text fields are never read as numbers, dates, nulls
     or YAML comments."""
@@ -618,10 +635,9 @@ def test_decoded_evaluation_views_follow_the_sampler(spec: ClipSpec, video_frame
 
 names = st.text(min_size=1, max_size=10)
 path_parts = st.text(
-    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1, max_size=8
+    st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1, max_size=8
 ).filter(lambda part: part not in (".", ".."))
-relative_paths = st.lists(path_parts, min_size=1, max_size=3).map("/".join)
-outside_paths = relative_paths.map(lambda path: f"/elsewhere/{path}")  # shards another folder holds
+relative_paths = st.lists(path_parts, min_size=1, max_size=3).map("/".join)  # inside the dataset folder, as written
 
 
 @st.composite
@@ -629,11 +645,13 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
     """A manifest as the preparation writes it: classes, splits with counts and shards, rejected files, options."""
     classes = draw(st.lists(names, min_size=1, max_size=5, unique=True))
     splits = {}
-    for split in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+    split_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    shards = draw(st.lists(relative_paths, max_size=4 * len(split_names), unique=True))  # each shard in one split
+    for index, split in enumerate(split_names):
         class_counts = {name: draw(st.integers(0, 10**6)) for name in classes}
         splits[split] = {
             "count": sum(class_counts.values()),
-            "shards": draw(st.lists(relative_paths | outside_paths, max_size=4)),
+            "shards": shards[index :: len(split_names)],
             "class_counts": class_counts,
         }
     rejected = draw(
@@ -655,7 +673,7 @@ def _absolute_shards(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
     """``manifest`` with every shard as :func:`load_manifest` returns it for a dataset in ``root``."""
     expected = copy.deepcopy(manifest)
     for split in expected["splits"].values():
-        split["shards"] = [shard if shard.startswith("/") else str(root / shard) for shard in split["shards"]]
+        split["shards"] = [str(root / shard) for shard in split["shards"]]
     return expected
 
 

@@ -406,3 +406,105 @@ def test_ensure_demo_images_prepares_once(ray_local, capsys: pytest.CaptureFixtu
 
     assert ensure_demo_images(size=16, train_per_class=3, val_per_class=1, seed=2) == prepared
     assert capsys.readouterr().out == ""
+
+
+def test_links_fifos_odd_names_and_copies_are_all_accounted_for(
+    ray_local, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: nothing under SRC vanishes, a link loop adds nothing, and a val image byte-identical to a train image
+    is kept in train only (--dedup=split); the script ends with one summary line per category."""
+    import importlib.util
+
+    root = tmp_path / "raw"
+    for seed, name in enumerate(("train/ant/a0.png", "train/ant/a1.png", "train/bee/b0.png", "train/bee/b1.png")):
+        _write(root / name, _image_bytes((20, 16), "RGB", "PNG", seed))
+    _write(root / "val" / "ant" / "a2.png", _image_bytes((20, 16), "RGB", "PNG", seed=10))
+    _write(root / "val" / "bee" / "b2.png", _image_bytes((20, 16), "RGB", "PNG", seed=11))
+    _write(root / "val" / "bee" / "copy.png", (root / "train" / "bee" / "b0.png").read_bytes())
+    (root / "val" / "ant" / "a0-link.png").symlink_to(root / "train" / "ant" / "a0.png")
+    (root / "train" / "ant" / "gone.jpg").symlink_to("nowhere.jpg")
+    (root / "train" / "ant" / "again").symlink_to(root / "train")
+    os.mkfifo(root / "train" / "bee" / "pipe.png")
+    _write(root / "train" / "bee" / os.fsdecode(b"caf\xe9.png"), _image_bytes((20, 16), "RGB", "PNG", seed=12))
+    _write(root / "test" / "ant" / "t.png", b"x")
+    _write(root / "val" / "bee" / ".thumb.png", b"x")
+
+    spec = importlib.util.spec_from_file_location("prepare_images_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "prepared"
+    assert module.main([str(root), str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    manifest = load_manifest(out)
+    assert manifest["options"]["dedup"] == "split"
+    assert {name: split["count"] for name, split in manifest["splits"].items()} == {"train": 4, "val": 2}
+    stored = {row["path"] for split in ("train", "val") for row in _read_split(manifest, split).to_pylist()}
+    assert stored == {str(root / name) for name in ("train/ant/a0.png", "train/ant/a1.png", "train/bee/b0.png")} | {
+        str(root / name) for name in ("train/bee/b1.png", "val/ant/a2.png", "val/bee/b2.png")
+    }
+    assert {Path(entry["path"]).name: entry["reason"].split(":")[0] for entry in manifest["rejected"]} == {
+        "gone.jpg": "dangling symbolic link",
+        "again": "symbolic link loop",
+        "pipe.png": "not a regular file (FIFO)",
+        "caf\\xe9.png": "name is not valid UTF-8",
+    }
+    assert {Path(entry["path"]).name: entry["kept"] for entry in manifest["duplicates"]} == {
+        "a0-link.png": str(root / "train" / "ant" / "a0.png"),
+        "copy.png": str(root / "train" / "bee" / "b0.png"),
+    }
+    assert all(entry["dropped"] for entry in manifest["duplicates"])
+    assert {Path(entry["path"]).name for entry in manifest["ignored"]} == {"test", ".thumb.png"}
+    assert manifest["accounting"]["prepared"] == 6 and sum(manifest["accounting"]["rejected"].values()) == 4
+    assert printed[-5:] == [
+        "prepared 6 images: 4 train, 2 val",
+        "rejected 4 files (1 dangling symbolic link, 1 name is not valid UTF-8, 1 not a regular file, "
+        "1 symbolic link loop)",
+        "ignored 2 entries (1 hidden, 1 not a split folder)",
+        "deduplicated 1 paths to files or folders already listed (1 same file (a symbolic or hard link to a file "
+        "kept under another path))",
+        "warning: 1 files have the same contents as another file: 1 in train and val: kept in train only "
+        "(--dedup=split)",
+    ]
+
+
+def test_exotic_huge_and_padded_files_and_the_recorded_settings(ray_local, tmp_path: Path) -> None:
+    """Issue 21: an EPS named .jpg and a 2 GiB file are rejected unread, trailing data is cut (and noted), a large
+    image is shrunk to the default max_side, and the manifest records the settings; the script has the flags."""
+    import importlib.util
+
+    root = tmp_path / "raw"
+    jpeg = _image_bytes((40, 30), "RGB", "JPEG", seed=1)
+    _write(root / "ant" / "a0.jpg", _image_bytes((20, 16), "RGB", "JPEG", seed=0))
+    _write(root / "ant" / "padded.jpg", jpeg + bytes(2**20))
+    _write(root / "ant" / "poster.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    _write(root / "bee" / "wide.png", _image_bytes((3000, 20), "RGB", "PNG", seed=2))
+    with open(root / "bee" / "huge.jpg", "wb") as file:
+        file.write(jpeg)
+        file.truncate(2 * 2**30)
+    out = tmp_path / "prepared"
+    manifest = prepare_images(root, out, val_fraction=0.0, max_file_mb=16)
+
+    assert {key: manifest["options"][key] for key in ("max_side", "max_file_mb", "formats", "max_pixels")} == {
+        "max_side": 2048,
+        "max_file_mb": 16,
+        "formats": ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
+        "max_pixels": 178956970,
+    }
+    assert {Path(entry["path"]).name: entry["reason"] for entry in manifest["rejected"]} == {
+        "poster.jpg": "unsupported image format EPS (fovea reads JPEG, PNG, WebP, GIF, BMP, TIFF)",
+        "huge.jpg": "file too large: 2048.0 MB, over max_file_mb=16",
+    }
+    assert manifest["notes"] == [
+        {"path": str(root / "ant" / "padded.jpg"), "note": "dropped 1.0 MB after the end of the image"}
+    ]
+    rows = {Path(row["path"]).name: row for row in _read_split(manifest, "train").to_pylist()}
+    assert rows["padded.jpg"]["image"] == jpeg
+    assert (rows["wide.png"]["width"], rows["wide.png"]["height"]) == (2048, 14)
+
+    spec = importlib.util.spec_from_file_location("prepare_images_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args(["src", "out"])
+    assert (args.max_side, args.max_file_mb) == (2048, 64.0)
+    assert module.parse_args(["src", "out", "--max-file-mb", "8", "--max-side", "0"]).max_file_mb == 8.0

@@ -84,7 +84,7 @@ def test_a_dataset_in_s3_streams_like_the_local_one(s3_dataset):
 
 def test_jobs_take_the_uri_and_record_it_without_its_options(s3_dataset):
     local, uri = s3_dataset
-    cfg = build_config([{"model": {"name": "vit_micro_patch4_32"}, "data": {"path": uri}}])
+    cfg = build_config([{"model": {"name": "vit_micro_patch4_32"}, "data": {"path": uri, "batch_size": 8}}])
     check_before_start(cfg)  # the manifest is read from S3 before Ray starts
     assert dataset_dir_of(cfg) == uri  # not turned into a local path
     tags = run_tags(cfg, dataset_dir_of(cfg))

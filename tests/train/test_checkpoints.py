@@ -387,3 +387,150 @@ def test_registered_models_load_from_their_pickle_free_copy_never_the_pickle(tmp
 
     mlflow.pytorch.load_model("models:/trap/1")  # the bomb is armed: MLflow's own loader unpickles it
     assert marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weights files cut short, lying or of random bytes: one line everywhere one is read, before Ray starts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _safetensors_with_header(path: Path, header: bytes, data: bytes = b"") -> Path:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+LYING_HEADER = b'{"patch_embed.proj.weight": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 16384]}}'
+DAMAGED_WEIGHTS = [
+    "safetensors-cut-short",
+    "safetensors-cut-in-header",
+    "safetensors-lying-header",  # claims more data than the file holds
+    "safetensors-huge-header-length",
+    "safetensors-header-not-json",
+    "safetensors-random-bytes",
+    "pth-cut-short",
+    "pt-random-bytes",
+    "bin-random-bytes",
+    "bin-empty",
+    "pth-holding-no-tensors",
+]
+
+
+def _damaged_weights(folder: Path, kind: str) -> Path:
+    """A weights file gone wrong in the way ``kind`` says, in the format its name says."""
+    from safetensors.torch import save_file
+
+    from fovea.models import create_model
+
+    state = create_model(MODEL, num_classes=3).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "whole.safetensors"))
+    torch.save(state, folder / "whole.pth")
+    whole = {suffix: (folder / f"whole.{suffix}").read_bytes() for suffix in ("safetensors", "pth")}
+    path = folder / f"{kind}.{kind.split('-')[0]}"
+    data = {
+        "safetensors-cut-short": whole["safetensors"][: len(whole["safetensors"]) // 2],
+        "safetensors-cut-in-header": whole["safetensors"][:20],
+        "pth-cut-short": whole["pth"][: len(whole["pth"]) // 2],
+        "bin-empty": b"",
+    }.get(kind, np.random.default_rng(0).bytes(4096))
+    path.write_bytes(data)
+    if kind == "safetensors-lying-header":
+        _safetensors_with_header(path, LYING_HEADER, b"\0" * 64)
+    elif kind == "safetensors-huge-header-length":
+        path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    elif kind == "safetensors-header-not-json":
+        _safetensors_with_header(path, b"not json")
+    elif kind == "pth-holding-no-tensors":
+        torch.save({"weights": ["not", "tensors"], "epoch": 3}, path)
+    return path
+
+
+def _readers(path: Path) -> dict[str, tuple[object, type]]:
+    """Every place a weights file given by a user is read, and the error each one raises."""
+    from fovea.config import ConfigError, build_config
+    from fovea.models import create_model, load_weights
+    from fovea.models.factory import read_state_dict
+    from fovea.sources import load_model as load_eval_model
+    from fovea.train.checks import check_before_start, load_checked_teacher
+
+    model = {"name": MODEL, "img_size": 16}
+    by_name = {"type": "soft", "teacher": MODEL, "teacher_checkpoint": str(path)}
+    return {
+        "read_state_dict": (lambda: read_state_dict(path), CheckpointError),
+        "load_weights": (lambda: load_weights(create_model(MODEL, num_classes=3), path), ValueError),
+        "model.checkpoint": (
+            lambda: check_before_start(build_config([{"model": {**model, "checkpoint": str(path)}}])),
+            ConfigError,
+        ),
+        "distill.teacher_checkpoint": (
+            lambda: load_checked_teacher(build_config([{"model": model, "distill": by_name}])),
+            ConfigError,
+        ),
+        "distill.teacher=FILE": (
+            lambda: load_checked_teacher(
+                build_config([{"model": model, "distill": {"type": "soft", "teacher": str(path)}}])
+            ),
+            ConfigError,
+        ),
+        "eval.model": (lambda: load_eval_model(str(path), "sqlite:///unused.db"), ValueError),
+    }
+
+
+@pytest.mark.parametrize("kind", DAMAGED_WEIGHTS)
+def test_a_damaged_weights_file_is_one_line_everywhere_one_is_read(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    path = _damaged_weights(tmp_path, kind)
+    for where, (attempt, error) in _readers(path).items():
+        with pytest.raises(error) as caught:
+            attempt()
+        message = _one_line(caught.value)
+        assert str(path) in message, (where, message)
+        if where in ("model.checkpoint", "distill.teacher_checkpoint", "distill.teacher=FILE"):
+            assert message.startswith(where.split("=")[0] + ": "), (where, message)
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_before_ray(tmp_path):
+    from fovea.config import ConfigError, build_config
+    from fovea.models import create_model
+    from fovea.train.checks import check_before_start
+
+    other = tmp_path / "other-width.pth"
+    torch.save(create_model("vit_micro_patch4_32", num_classes=3).state_dict(), other)
+    renamed = tmp_path / "renamed.pth"
+    torch.save({f"x.{k}": v for k, v in create_model(MODEL, num_classes=3).state_dict().items()}, renamed)
+    fits = tmp_path / "fits.pth"
+    torch.save(create_model(MODEL, num_classes=5).state_dict(), fits)  # another head: skipped, as fine-tuning does
+
+    def check(path: Path) -> None:
+        check_before_start(build_config([{"model": {"name": MODEL, "img_size": 16, "checkpoint": str(path)}}]))
+
+    for path, expected in ((other, "shapes do not fit"), (renamed, "missing weights for")):
+        with pytest.raises(ConfigError) as caught:
+            check(path)
+        message = _one_line(caught.value)
+        assert message.startswith(f"model.checkpoint: {path}: ") and expected in message, message
+    check(fits)
+
+
+def test_a_checkpoint_that_lies_about_its_model_is_one_line(tmp_path):
+    import json
+
+    from fovea.models import create_model
+    from fovea.sources import load_model as load_eval_model
+
+    weights = create_model(MODEL, num_classes=3).state_dict()
+    config = json.dumps({"model": {"name": MODEL, "img_size": 16}})
+    lies = {
+        "other-architecture": {"model": weights, "config": json.dumps({"model": {"name": "vit_micro_patch4_32"}})},
+        "config-not-json": {"model": weights, "config": "{not json"},
+        "config-a-list": {"model": weights, "config": "[1, 2]"},
+        "model-not-a-dict": {"model": [1, 2], "config": config},
+        "classes-not-names": {"model": weights, "config": config, "classes": 3},
+    }
+    for name, state in lies.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        path = save_checkpoint(folder, {"classes": CLASSES, **state})
+        with pytest.raises(ValueError) as caught:
+            load_eval_model(str(path), "sqlite:///unused.db")
+        message = _one_line(caught.value)
+        assert message.startswith(f"{path}: ") and "not a usable fovea checkpoint" in message, (name, message)

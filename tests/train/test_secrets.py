@@ -143,6 +143,17 @@ def test_config_errors_do_not_repeat_a_secret(override, shown, capsys):
         ("train.storage_path", f"s3://AKIA1:{SECRET}@runs/fovea", "AWS_ACCESS_KEY_ID"),
         ("distill.teacher", f"gs://{SECRET}@models/teacher.pt", "GOOGLE_APPLICATION_CREDENTIALS"),
         ("tune.space.data.path", f"choice(s3://datasets/a, s3://AKIA1:{SECRET}@datasets/b)", "AWS_SECRET_ACCESS_KEY"),
+        # passwords holding characters a URI parser takes for the end of the user part
+        ("track.uri", f"http://alice:{SECRET}/x@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:/{SECRET}@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:{SECRET}#x@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:{SECRET}?x@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:{SECRET}@x@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:p@{SECRET}/x@mlflow.internal/", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"http://alice:{SECRET},x(@mlflow.internal", "MLFLOW_TRACKING_PASSWORD"),
+        ("track.uri", f"https://{SECRET}#x@mlflow.internal", "MLFLOW_TRACKING_TOKEN"),
+        ("track.uri", f"postgresql://mlflow:{SECRET}/x@db.internal/mlflow", "PGPASSWORD"),
+        ("train.storage_path", f"s3://AKIA1:{SECRET}/x+y@runs/fovea", "AWS_SECRET_ACCESS_KEY"),
     ],
 )  # fmt: skip
 def test_uris_with_credentials_are_refused_in_one_line(path, uri, where_instead):
@@ -154,6 +165,22 @@ def test_uris_with_credentials_are_refused_in_one_line(path, uri, where_instead)
     assert message.startswith(f"{path}: ") and "\n" not in message
     assert where_instead in message and "carries credentials" in message and MARKER in message
     assert SECRET not in message and "AKIA1" not in message
+
+
+def test_redaction_hides_uri_credentials_in_any_text():
+    from fovea.secrets import redact_uris
+
+    for uri, shown in [
+        (f"http://alice:{SECRET}/x@mlflow.internal/api", "http://***@mlflow.internal/api"),
+        (f"http://alice:{SECRET}#x@host:5000", "http://***@host:5000"),
+        (f"http://u:p@{SECRET}/x@host/runs?e=a@b", "http://***@host/runs?e=a@b"),
+        (f"s3://b/k?access_key=AKIA1&secret_key={SECRET}&region=eu", "s3://b/k?access_key=***&secret_key=***&region=eu"),
+    ]:  # fmt: skip
+        assert redact_uris(f"could not reach {uri}, retrying") == f"could not reach {shown}, retrying"
+        assert redact({"error": [f"({uri})"]}) == {"error": [f"({shown})"]}
+    for text in ("http://host/models/x@v1", "s3://bucket/key@v1", "hdfs://fovea@namenode:8020/runs", "no uri",
+                 "https://mlflow.internal?next=a@b", "http://[::1]:5000/x", "choice(s3://a, s3://b)"):  # fmt: skip
+        assert redact_uris(text) == text and redact({"path": text}) == {"path": text}
 
 
 def test_uris_without_credentials_pass():

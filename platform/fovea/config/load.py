@@ -67,6 +67,12 @@ def _field_names_at(loc: Sequence[str | int]) -> list[str]:
     return list(section.model_fields) if section else []
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """A rejected value as an error line shows it: its ``repr``, cut to ``limit`` characters with its length."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
@@ -82,7 +88,7 @@ def _format_errors(error: ValidationError) -> str:
             lines.append(f"{path}: unknown key{suggestion}")
         else:
             given = redact(err.get("input"), is_secret_name(path))
-            lines.append(f"{path}: {message}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+            lines.append(f"{path}: {message}" + ("" if isinstance(given, dict) else f" (got {_shown(given)})"))
     return "; ".join(lines)
 
 
@@ -133,15 +139,61 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few kilobytes: a larger one is another kind of file
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_many_values(tree: Any, limit: int) -> bool:
+    """Whether ``tree`` holds more than ``limit`` values counting every repeat (stops counting there)."""
+    stack, seen = [tree], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (a mapping of sections), with one-line errors."""
+    """Read a YAML config file (a mapping of sections), with one-line errors.
+
+    Raises:
+        ConfigError: one line naming the file: missing, a folder or other non-file, unreadable, empty, larger than
+            ``MAX_CONFIG_BYTES``, not UTF-8 text (a binary file), not valid YAML, or not a mapping of sections.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError(f"{path}: {kind}; a config file is YAML text")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a config file; is it the right file?")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or first_line(err)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a binary file?); a config file is YAML text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # its problem and where, not the quoted line: that may hold a secret
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or first_line(err)
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    if _too_many_values(data, MAX_CONFIG_VALUES):  # YAML aliases can repeat a list into billions of values
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values once its aliases (*name) are expanded")
+    if data is None:
+        raise ConfigError(f"{path}: empty; a config file holds sections such as model:, data:, train:")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping of sections (model:, data:, ...)")
     return data

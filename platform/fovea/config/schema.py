@@ -5,22 +5,79 @@ and the whole run (``Config``, with its derived values as properties); ``ConfigE
 
 from __future__ import annotations
 
+import re
 import time
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fovea.secrets import find_uri_credentials, redact
 
 # Seeds reach numpy's default_rng (non-negative only) and RandomState (Optuna, Tune's random search: below 2**32).
 MAX_SEED = 2**32 - 1
+# names that become a file or folder name: train.name and tune.name under train.storage_path (a run's checkpoints,
+# a sweep's trials), tune.bootstrap_teacher (a preset file), job (a sweep's default name)
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 100
+
+
+def check_folder_name(value: str) -> str:
+    """``value`` when it can be a file or folder name as it is ('' too: a name is made up, or the field is off)."""
+    if value and (len(value) > MAX_NAME_LENGTH or ".." in value or not _FOLDER_NAME.fullmatch(value)):
+        raise ValueError(
+            "must be a plain name (it becomes a file or folder name): letters, digits, '.', '_' and '-', starting "
+            f"with a letter or digit, no '..', at most {MAX_NAME_LENGTH} characters"
+        )
+    return value
+
+
+def folder_name(text: str) -> str:
+    """``text`` made into a name ``check_folder_name`` accepts (any other character becomes ``-``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+|\.{2,}", "-", text).lstrip("._-")[:MAX_NAME_LENGTH]
+    return name or "run"
+
+
+def _takes(annotation: Any, kinds: tuple[Any, ...]) -> bool:
+    """Whether ``annotation`` (or an arm of its union, or its ``Literal``'s values) is one of ``kinds``."""
+    if annotation in kinds or annotation is Any:
+        return annotation is not Any or bool in kinds
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return any(type(arg) in kinds for arg in args)
+    return origin in (typing.Union, types.UnionType) and any(_takes(arg, kinds) for arg in args)
+
+
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a bool where ``annotation`` wants a number (pydantic's lax mode reads true as 1)."""
+    if isinstance(value, bool):
+        return _takes(annotation, (int, float)) and not _takes(annotation, (bool,))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_bool_for_number(arg, value) for arg in args)
+    if origin in (tuple, list) and isinstance(value, list | tuple) and args:
+        items = args if origin is tuple and Ellipsis not in args else (args[0],) * len(value)
+        return any(_bool_for_number(arg, item) for arg, item in zip(items, value, strict=False))
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return any(_bool_for_number(args[1], item) for item in value.values())
+    return False
 
 
 class _Section(BaseModel):
     """Base for every config section: immutable, unknown keys rejected, defaults validated, numbers finite (a NaN or
-    infinite rate, crop or timeout is never meant, and would only fail, or silently do nothing, inside a worker)."""
+    infinite rate, crop or timeout is never meant, and would only fail, or silently do nothing, inside a worker), and
+    never a boolean (``train.epochs=true`` is no epoch count; pydantic alone would read it as 1)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _bool_for_number(field.annotation, value):
+            raise ValueError("takes a number, not true or false")
+        return value
 
 
 class ModelConfig(_Section):
@@ -32,6 +89,22 @@ class ModelConfig(_Section):
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
     drop_path_rate: float = Field(0.1, ge=0, lt=1, description="stochastic depth rate")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the constructor")
+
+
+_NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """An RGB colour from ``white``, ``black``, ``gray``/``grey``, ``#rrggbb`` or ``r,g,b`` (0-255 each)."""
+    value = text.strip().lower()
+    if value in _NAMED_COLOURS:
+        return _NAMED_COLOURS[value]
+    if re.fullmatch(r"#[0-9a-f]{6}", value):
+        return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) == 3 and all(part.isdigit() and int(part) <= 255 for part in parts):
+        return int(parts[0]), int(parts[1]), int(parts[2])
+    raise ValueError(f"must be white, black, gray, #rrggbb or r,g,b (each 0-255), got {text!r}")
 
 
 class DataConfig(_Section):
@@ -68,6 +141,11 @@ class DataConfig(_Section):
     randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment magnitude")
     mean: tuple[float, float, float] | None = Field(None, description="normalisation mean (None = the model's)")
     std: tuple[float, float, float] | None = Field(None, description="normalisation std (None = the model's)")
+    alpha_background: str = Field(
+        "white",
+        description="images: colour transparent pixels are composited onto when decoding (white, black, gray, "
+        "#rrggbb or r,g,b), the same in training, evaluation and prediction",
+    )
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0 = off)")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0 = off)")
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability of applying mixup or cutmix to a batch")
@@ -100,6 +178,17 @@ class DataConfig(_Section):
         if not 0 < value[0] <= value[1]:
             raise ValueError("must be [low, high] with 0 < low <= high")
         return value
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        parse_colour(value)
+        return value
+
+    @property
+    def alpha_rgb(self) -> tuple[int, int, int]:
+        """``alpha_background`` as an RGB triple, what the image decoders take."""
+        return parse_colour(self.alpha_background)
 
     @model_validator(mode="after")
     def _device_decode_augments(self) -> DataConfig:
@@ -167,6 +256,8 @@ class TrainConfig(_Section):
         default_factory=list,
         description="fault injection (for tests and drills): these global optimizer steps (1-based) get a NaN loss",
     )
+
+    _name_is_a_folder = field_validator("name")(check_folder_name)
 
     @field_validator("inject_nan_steps")
     @classmethod
@@ -290,6 +381,8 @@ class TuneSection(_Section):
         "with this train_vit preset on the sweep's data, e.g. teacher ('' = off: a missing teacher is an error)",
     )
 
+    _name_is_a_folder = field_validator("name", "bootstrap_teacher")(check_folder_name)
+
 
 class ScalingSection(_Section):
     num_workers: int | tuple[int, int] = Field(
@@ -351,6 +444,8 @@ class Config(_Section):
     scaling: ScalingSection = ScalingSection()
     tune: TuneSection = TuneSection()
     eval: EvalSection = EvalSection()
+
+    _job_is_a_folder = field_validator("job")(check_folder_name)
 
     @model_validator(mode="after")
     def _no_credentials_in_uris(self) -> Config:

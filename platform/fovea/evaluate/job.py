@@ -42,7 +42,7 @@ from fovea.sources import LoadedModel, load_model, resolve_path_source, source_k
 
 def configure_for_model(cfg: Config, model: LoadedModel) -> Config:
     """``cfg`` with the model's recorded input settings: architecture name, ``img_size``, mean/std, video clip
-    length, interval and sampling; the recorded ``crop_pct`` unless ``data.crop_pct`` was set explicitly."""
+    length, interval and sampling; the recorded ``crop_pct`` and ``alpha_background`` unless the config sets them."""
     from fovea.models import is_video_model
 
     recorded = model.inputs
@@ -54,6 +54,8 @@ def configure_for_model(cfg: Config, model: LoadedModel) -> Config:
     data_update: dict[str, Any] = {key: list(recorded[key]) for key in ("mean", "std") if key in recorded}
     if "crop_pct" in recorded and "crop_pct" not in cfg.data.model_fields_set:
         data_update["crop_pct"] = float(recorded["crop_pct"])
+    if "alpha_background" in recorded and "alpha_background" not in cfg.data.model_fields_set:
+        data_update["alpha_background"] = recorded["alpha_background"]
     if is_video_model(model.model_name or cfg.model.name):
         data_update.update(
             {key: recorded[key] for key in ("num_frames", "frame_interval", "sampling") if key in recorded}

@@ -13,7 +13,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from fovea.errors import typed_line
+from fovea.errors import joined_lines, typed_line
 
 _VIDEO_MODELS: set[str] = set()
 
@@ -193,28 +193,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     with a ``.sha256`` checksum beside it (fovea's checkpoints and weights) is checked against it first.
 
     Raises:
-        CheckpointError: (a ``ValueError``) one line: unreadable, corrupt, or needing arbitrary unpickling.
+        CheckpointError: (a ``ValueError``) one line: unreadable, truncated or corrupt (a safetensors header that
+            does not match its data too), needing arbitrary unpickling, or holding no state dict of tensors.
     """
-    from fovea.checkpoints import load_verified, verify
+    from fovea.checkpoints import CheckpointError, load_verified, verify
 
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         verify(path)
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError (a cut or lying header), OSError, ...
+            raise CheckpointError(f"{path}: unreadable safetensors file ({typed_line(err)})") from None
     else:
         state = load_verified(path, what="weights file")
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds no state dict")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no state dict")
     cleaned = {}
     for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: not a state dict of tensors ({key!r} holds a {type(value).__name__})")
         for prefix in ("module.", "_orig_mod."):
-            key = key.removeprefix(prefix)
+            key = str(key).removeprefix(prefix)
         cleaned[key] = value
     return cleaned
 
@@ -235,13 +241,17 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
         ``{"skipped": [...], "missing": [...]}``: the head keys left at their initial values.
 
     Raises:
-        ValueError: tensors other than the classifier are missing or do not fit.
+        ValueError: the file cannot be read as weights (a ``CheckpointError``), or tensors other than the classifier
+            are missing or do not fit (one line naming the file).
     """
     state = read_state_dict(path)
     family = sys.modules.get(type(model).__module__)
     filter_fn = getattr(family, "checkpoint_filter_fn", None)
     if filter_fn is not None:
-        state = filter_fn(state, model)
+        try:
+            state = filter_fn(state, model)
+        except Exception as err:  # noqa: BLE001 - timm's filters index the tensors they expect: a foreign file fails
+            raise ValueError(f"{path}: does not fit {type(model).__name__} ({typed_line(err, limit=200)})") from None
     own = model.state_dict()
     head = _classifier_keys(model)
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k.startswith(head)]
@@ -250,7 +260,10 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         raise ValueError(f"{path}: shapes do not fit {type(model).__name__} for {', '.join(mismatched[:5])}")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a dtype or value that cannot be copied in: torch's message takes several lines
+        raise ValueError(f"{path}: does not fit {type(model).__name__} ({joined_lines(err)[:300]})") from None
     missing = [k for k in result.missing_keys if not k.startswith(head) and not k.endswith("relative_position_index")]
     if missing:
         raise ValueError(f"{path}: missing weights for {', '.join(missing[:5])} ({len(missing)} in all)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fovea.config import Config, ConfigError
+from fovea.errors import first_line
 
 
 def check_before_start(cfg: Config) -> None:
@@ -25,12 +26,18 @@ def check_before_start(cfg: Config) -> None:
     video = is_video_model(cfg.model.name)
     if cfg.data.path:
         try:
-            kind = load_manifest(cfg.data.path).get("kind", "image")
+            manifest = load_manifest(cfg.data.path)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"data.path: {err}") from None
+        kind = manifest.get("kind", "image")
         if (kind == "video") != video:
             takes = "video clips" if video else "images"
             raise ConfigError(f"data.path: {cfg.data.path} is a {kind} dataset, but {cfg.model.name} takes {takes}")
+        missing = [split for split in ("train", "val") if split not in manifest["splits"]]
+        if missing:
+            raise ConfigError(f"data.path: {cfg.data.path} has no {missing[0]} split (training needs train and val)")
+        if not any(cfg.tune.space.get(path) is not None for path in STEP_FIELDS):  # else each trial is checked
+            check_optimizer_steps(cfg, manifest["splits"]["train"]["count"])
     elif video and cfg.data.hflip > 0:
         raise ConfigError(
             "data.hflip: the demo videos' classes include move_left and move_right, mirror images of each other; "
@@ -38,12 +45,70 @@ def check_before_start(cfg: Config) -> None:
         )
     if video and cfg.distill.type != "none":
         raise ConfigError("distill.type: distillation is implemented for image models only")
-    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).is_file():
-        raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
     if cfg.model.pretrained and cfg.model.checkpoint:
         raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
+    if cfg.model.checkpoint:
+        check_start_weights(cfg)
     if cfg.distill.type != "none":
         check_teacher_spec(cfg)
+
+
+# the fields whose product is the rows one optimizer step takes on each worker
+STEP_FIELDS = ("data.batch_size", "optim.accum_steps")
+
+
+def check_optimizer_steps(cfg: Config, train_count: int) -> None:
+    """The run takes at least one optimizer step per epoch: each worker's share of the ``train_count`` training rows
+    holds one ``data.batch_size x optim.accum_steps`` (a last, partial batch is dropped, so a smaller share trains
+    nothing, and its model would be registered all the same). Elastic runs are counted at their most workers.
+
+    Raises:
+        ConfigError: one line with the numbers and what to change.
+    """
+    workers = cfg.scaling.max_workers
+    share = train_count // workers
+    batch, accum = cfg.data.batch_size, cfg.optim.accum_steps
+    if share >= batch * accum:
+        return
+    fewer = "use fewer workers (scaling.num_workers) or " if workers > 1 and train_count else ""
+    smaller = f"make data.batch_size x optim.accum_steps at most {share}, " if share else ""
+    raise ConfigError(
+        f"data.batch_size x optim.accum_steps = {batch} x {accum} = {batch * accum} rows per optimizer step, but each "
+        f"of {workers} worker(s) gets {share} of the {train_count} training rows (a last, partial batch is dropped): "
+        f"the run would take no optimizer step; {smaller}{fewer}add training data"
+    )
+
+
+def check_start_weights(cfg: Config) -> None:
+    """``model.checkpoint`` before Ray starts: the file reads as weights (a truncated, corrupt or foreign file of any
+    format is refused here, not in every worker), and they fit the model, built on the ``meta`` device (shapes only,
+    no memory; an architecture that cannot be built there has only its file read).
+
+    Raises:
+        ConfigError: ``model.checkpoint: ...`` in one line.
+    """
+    import warnings
+
+    import torch
+
+    from fovea.models import create_model, load_weights
+    from fovea.models.factory import read_state_dict
+    from fovea.recipe import model_create_args
+
+    path = Path(cfg.model.checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg.model.name, **model_create_args(cfg, num_classes=2))
+    except Exception:  # noqa: BLE001 - the workers say what the constructor rejects
+        model = None
+    try:
+        with warnings.catch_warnings():  # torch says each copy into a meta tensor does nothing: that is the point
+            warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model")
+            load_weights(model, path) if model is not None else read_state_dict(path)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise ConfigError(f"model.checkpoint: {first_line(err)}") from None
 
 
 def check_teacher_spec(cfg: Config) -> None:
@@ -107,7 +172,9 @@ def load_checked_teacher(cfg: Config) -> Any:
             tracking_uri=resolve_tracking_uri(cfg.track.uri),
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise ConfigError(f"distill.teacher: {err}") from None
+        weights, message = cfg.distill.teacher_checkpoint, str(err).removeprefix("distill.teacher_checkpoint: ")
+        named = weights and str(Path(weights).expanduser()) in message
+        raise ConfigError(f"{'distill.teacher_checkpoint' if named else 'distill.teacher'}: {message}") from None
 
 
 def checkpoint_failure(err: BaseException) -> str | None:

@@ -64,6 +64,48 @@ def tracking_lines(run_id: str | None, uri: str | None, model: str | None, versi
     return lines
 
 
+def untrained(state: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+    """Why a finished run's model must not be registered, in one line: it took no optimizer step (its checkpoint's
+    ``global_step``), or its epochs trained on no sample (``train_samples``: every train row failed to decode, say);
+    None when it trained."""
+    steps = state.get("global_step")
+    samples = [epoch["train_samples"] for epoch in history if isinstance(epoch.get("train_samples"), int | float)]
+    no_steps = isinstance(steps, int) and steps <= 0
+    if history and not no_steps and (not samples or sum(samples) > 0):
+        return None
+    return (
+        f"it took {steps if isinstance(steps, int) else 0} optimizer steps on {int(sum(samples))} training samples in "
+        f"{len(history)} epoch(s): nothing was learned, so its model is not registered (check the job's warnings "
+        "for train rows that did not decode, and that each worker gets data.batch_size x optim.accum_steps rows)"
+    )
+
+
+def refuse_untrained(
+    cfg: Config,
+    state: dict[str, Any],
+    history: list[dict[str, Any]],
+    *,
+    what: str,
+    tracking_uri: str | None,
+    run_id: str | None,
+) -> None:
+    """Stop before a model that learned nothing is logged, registered or promoted (see ``untrained``); its MLflow
+    run, when the store answers, ends as FAILED.
+
+    Raises:
+        RunFailure: ``<what>: it took 0 optimizer steps ...`` (the job exits 1).
+    """
+    from fovea.jobs import RunFailure
+    from fovea.track import finish_run
+
+    problem = untrained(state, history)
+    if problem is None:
+        return
+    if cfg.track.enabled and tracking_uri and run_id and store_is_back(tracking_uri, run_id, cfg.track.flush_timeout_s):
+        finish_run(tracking_uri, run_id, status="FAILED")
+    raise RunFailure(f"{what}: {problem}")
+
+
 def store_is_back(tracking_uri: str, run_id: str, timeout: float) -> bool:
     """Before the driver logs the final model: wait for the tracking store (up to ``timeout`` s), send what the
     worker could not (its fallback file on this machine) and draw the run's curves. False when the store stayed
@@ -206,6 +248,9 @@ def log_and_register(
             "img_size": cfg.model.img_size,
             "mean": list(mean),
             "std": list(std),
+            # how evaluation and prediction decode inputs as training did
+            "crop_pct": cfg.data.crop_pct,
+            **({} if video else {"alpha_background": cfg.data.alpha_background}),
             **(clip if video else {}),
         },
     )

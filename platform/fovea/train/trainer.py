@@ -14,9 +14,15 @@ from fovea.checkpoints import checkpoint_location
 from fovea.config import Config, ConfigError
 from fovea.jobs import RunFailure, run_command
 from fovea.paths import fovea_home
-from fovea.train.checks import check_before_start, checkpoint_failure, data_failure, load_checked_teacher
+from fovea.train.checks import (
+    check_before_start,
+    check_optimizer_steps,
+    checkpoint_failure,
+    data_failure,
+    load_checked_teacher,
+)
 from fovea.train.plan import WorkerPlan
-from fovea.train.register import TrainSummary, log_final_model_of, store_is_back
+from fovea.train.register import TrainSummary, log_final_model_of, refuse_untrained, store_is_back
 
 
 def storage_path(cfg: Config) -> str:
@@ -258,6 +264,7 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
     run_name = cfg.run_name()
     dataset_dir = dataset_dir_of(cfg)
     manifest = checked_manifest(cfg, dataset_dir)
+    check_optimizer_steps(cfg, manifest["splits"]["train"]["count"])  # the rows left, on the demo set too
     classes = manifest["classes"]
     try:
         datasets = build_datasets(cfg, manifest)
@@ -299,8 +306,9 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         raise RuntimeError(f"run {run_name} finished without a checkpoint")
     state = read_state(result.checkpoint)
     history = json.loads(state["history"])
-    last = history[-1]
     run_id = state.get("mlflow_run_id")
+    refuse_untrained(cfg, state, history, what=f"run {run_name}", tracking_uri=tracking_uri, run_id=run_id)
+    last = history[-1]
     registered_name = version = None
     promotion = ""
     logging_started = time.time()

@@ -17,6 +17,7 @@ import torch
 
 from fovea.checkpoints import checkpoint_location, load_run_checkpoint, save_checkpoint
 from fovea.config import Config
+from fovea.data.decode_failures import DecodeFailures, take_failures
 from fovea.recipe import model_create_args
 from fovea.train.build import TrainingParts, build_parts
 from fovea.train.device import (
@@ -411,8 +412,9 @@ class EpochLoop:
                 save_training_checkpoint(Path(directory), self.checkpoint_state(), self.cfg)
                 ray_checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report({**metrics, "mlflow_run_id": progress.run_id or ""}, checkpoint=ray_checkpoint)
+        failures = take_failures() if self.seat.rank == 0 else None  # each epoch: the decode tally starts again
         if missing:
-            self.say(missing_rows_warning(epoch, missing, self.plan))
+            self.say(missing_rows_warning(epoch, missing, self.plan, failures))
         self.say(format_progress(metrics, self.cfg.train.epochs))
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -436,14 +438,28 @@ class EpochLoop:
         }
 
 
-def missing_rows_warning(epoch: int, missing: dict[str, int], plan: WorkerPlan) -> str:
-    """One line: the rows an epoch did not get, per split, out of the rows the split has."""
+def missing_rows_warning(
+    epoch: int, missing: dict[str, int], plan: WorkerPlan, failures: DecodeFailures | None = None
+) -> str:
+    """One line: the rows an epoch did not get, per split, out of the rows the split has, and why.
+
+    Args:
+        failures: the rows the decode steps dropped this epoch (``fovea.data.decode_failures.take_failures``);
+            None when there was no tally to ask, and the line can only name both possible causes.
+    """
     total = {"train": plan.train_count, "val": plan.val_count}
     counts = ", ".join(f"{short} of {total[split]} {split} rows" for split, short in missing.items())
-    return (
-        f"warning: epoch {epoch} went without {counts}: a shard file failed to read (Ray Data's error above names "
-        "it; skipped within data.max_bad_shards) or rows no longer decode"
-    )
+    shards = "a shard file failed to read (Ray Data's error above names it; skipped within data.max_bad_shards)"
+    if failures is None:
+        why = f"{shards} or rows no longer decode"
+    elif failures.rows:  # (more of them than rows missing: another run sharing the Ray job counted too)
+        lost = sum(missing.values())
+        why = failures.describe()
+        if failures.rows < lost:
+            why += f"; the other {lost - failures.rows}: {shards}"
+    else:
+        why = shards
+    return f"warning: epoch {epoch} went without {counts}: {why}"
 
 
 def format_progress(metrics: dict[str, float], epochs: int) -> str:

@@ -151,7 +151,9 @@ def _maybe_bootstrap_teacher(cfg: Config, teacher_presets: Path | None) -> None:
     if teacher_presets is None or not (teacher_presets / f"{cfg.tune.bootstrap_teacher}.yaml").is_file():
         raise ConfigError(f"tune.bootstrap_teacher: no train_vit preset {cfg.tune.bootstrap_teacher!r}")
     from fovea.config import load_yaml
+    from fovea.config.schema import folder_name
 
+    run_name = folder_name(f"teacher-{name}-{int(time.time())}")  # a registry name may hold any character
     data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k == "path" or k.startswith("demo")}
     teacher_cfg = build_config(
         [
@@ -159,7 +161,7 @@ def _maybe_bootstrap_teacher(cfg: Config, teacher_presets: Path | None) -> None:
             load_yaml(teacher_presets / f"{cfg.tune.bootstrap_teacher}.yaml"),
             {
                 "data": data,
-                "train": {"storage_path": cfg.train.storage_path, "name": f"teacher-{name}-{int(time.time())}"},
+                "train": {"storage_path": cfg.train.storage_path, "name": run_name},
                 "track": {
                     "uri": cfg.track.uri,
                     "experiment": cfg.track.experiment,
@@ -233,7 +235,7 @@ def prepare_inputs(
 
     The teacher is trained first when ``tune.bootstrap_teacher`` asks for it, and loaded only when trials may distill.
     """
-    from fovea.train.checks import load_checked_teacher
+    from fovea.train.checks import STEP_FIELDS, check_optimizer_steps, load_checked_teacher
     from fovea.train.trainer import checked_manifest, dataset_dir_of, init_ray, prepare_teacher
 
     init_ray()
@@ -241,6 +243,8 @@ def prepare_inputs(
     teacher = load_checked_teacher(cfg) if _may_distill(cfg, dimensions) else None
     dataset_dir = dataset_dir_of(cfg)
     manifest = checked_manifest(cfg, dataset_dir)  # missing or unreadable shards dropped (data.max_bad_shards)
+    if not any(dimension.path in STEP_FIELDS for dimension in dimensions):  # else each trial is checked
+        check_optimizer_steps(cfg, manifest["splits"]["train"]["count"])
     teacher_ref, teacher_source = prepare_teacher(cfg, teacher, manifest["classes"])
     return dataset_dir, manifest, teacher_ref, teacher_source
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fovea.config import Config, build_config
+from fovea.jobs import RunFailure
 from fovea.tune.report import (
     format_table,
     format_value,
@@ -112,7 +113,7 @@ def collect_rows(grid: Any, context: SweepContext, cfg: Config) -> list[dict[str
             row["outcome"] = "errored"
             row["reason"] = str(result.error).strip().splitlines()[-1][:300]
         elif row["last"] is None:
-            _, reason = trial_config(context.base, values)
+            _, reason = trial_config(context.base, values, train_count=context.manifest["splits"]["train"]["count"])
             row["outcome"], row["reason"] = ("skipped", reason) if reason else ("unfinished", "")
         elif (row["epochs"] or 0) < cfg.train.epochs:
             row["outcome"] = "early_stopped"
@@ -219,7 +220,11 @@ def _record_in_mlflow(
             tags[f"fovea.best.{path}"] = str(summary.best["params"][path])
     log_sweep_results(uri, parent, files=files, metrics=metrics, tags=tags, figures=figures)
     if summary.best is not None and cfg.tune.register_best and summary.best.get("checkpoint_path"):
-        _register_best(cfg, summary, context)
+        try:
+            _register_best(cfg, summary, context)
+        except RunFailure:  # the best trial learned nothing: the sweep's run ends as failed, nothing is registered
+            finish_run(uri, parent, status="FAILED")
+            raise
     finish_run(uri, parent)
 
 
@@ -227,7 +232,7 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
     """Log the best trial's final model to its run, register it, and move the champion alias when it earns it."""
     from fovea.data import manifest_hash
     from fovea.track import log_sweep_results, promote_new_version, registered_version_of_run
-    from fovea.train.register import log_final_model_of
+    from fovea.train.register import log_final_model_of, refuse_untrained
     from fovea.train.trainer import read_state
 
     best = summary.best
@@ -238,6 +243,8 @@ def _register_best(cfg: Config, summary: SweepSummary, context: SweepContext) ->
     if version is None:  # a rerun of a finished sweep registers nothing twice
         state = read_state(best["checkpoint_path"])
         history = json.loads(state["history"])
+        what = f"sweep {summary.name}: best trial {best['trial_id']}"
+        refuse_untrained(best_cfg, state, history, what=what, tracking_uri=None, run_id=None)
         _, version, _ = log_final_model_of(
             best_cfg,
             state,

@@ -40,8 +40,11 @@ def cli_value(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def trial_config(base: dict[str, Any], values: dict[str, Any]) -> tuple[Config | None, str]:
-    """The trial's config, or why the trial cannot run (a value the schema or the architecture rejects).
+def trial_config(
+    base: dict[str, Any], values: dict[str, Any], train_count: int | None = None
+) -> tuple[Config | None, str]:
+    """The trial's config, or why the trial cannot run (a value the schema or the architecture rejects, or, given the
+    train split's ``train_count`` rows, a batch too large for any optimizer step).
 
     The model is built on the ``meta`` device (shapes only, no memory) so architecture constraints, such as a Swin
     window that does not tile every stage's feature map, are found before any Ray Train worker starts.
@@ -49,9 +52,12 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> tuple[Config |
     import torch
 
     from fovea.models import create_model, is_video_model, window_fit_problem
+    from fovea.train.checks import check_optimizer_steps
 
     try:
         cfg = build_config([apply_values(base, values)])
+        if train_count is not None:
+            check_optimizer_steps(cfg, train_count)
     except ConfigError as err:
         return None, f"config: {err}"
     extra = {"num_frames": cfg.data.num_frames} if is_video_model(cfg.model.name) else {}
@@ -90,7 +96,7 @@ def run_trial(sampled: dict[str, Any], context: SweepContext) -> None:
     trial_id = trial.get_trial_id()
     values = {path: sampled[path] for path in context.paths}
     label = _trial_label(trial_id, values)
-    cfg, reason = trial_config(context.base, values)
+    cfg, reason = trial_config(context.base, values, train_count=context.manifest["splits"]["train"]["count"])
     run_id = None
     if context.tracking_uri and context.parent_run_id:
         from fovea.track import end_trial_run, trial_run

@@ -1,41 +1,48 @@
-"""Ray Data building blocks: dataset preparation, manifests, the built-in demo data and the streaming datasets."""
+"""Ray Data building blocks: dataset preparation, manifests, the built-in demo data and the streaming datasets.
 
-from fovea.data.clips import ClipSpec, DecodeClips
-from fovea.data.demo import ensure_demo_images, make_demo_images
-from fovea.data.demo_video import ensure_demo_videos, make_demo_videos
-from fovea.data.manifest import (
-    dataset_location,
-    is_uri,
-    load_manifest,
-    location_label,
-    manifest_hash,
-    write_manifest,
-)
-from fovea.data.prepare import prepare_images
-from fovea.data.prepare_video import prepare_videos
-from fovea.data.scan import scan_source
-from fovea.data.stream import build_image_datasets, build_video_datasets, read_split
-from fovea.data.transforms import DecodeImages, build_image_transform
+The names below load on first use (PEP 562), so that importing one building block (``fovea.data.check`` in a
+preparation task, say) does not import torch and every other one with it.
+"""
 
-__all__ = [
-    "ClipSpec",
-    "DecodeClips",
-    "DecodeImages",
-    "build_image_datasets",
-    "build_image_transform",
-    "build_video_datasets",
-    "dataset_location",
-    "ensure_demo_images",
-    "ensure_demo_videos",
-    "is_uri",
-    "load_manifest",
-    "location_label",
-    "manifest_hash",
-    "make_demo_images",
-    "make_demo_videos",
-    "prepare_images",
-    "prepare_videos",
-    "read_split",
-    "scan_source",
-    "write_manifest",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "ClipSpec": "clips",
+    "DecodeClips": "clips",
+    "DecodeImages": "transforms",
+    "build_image_datasets": "stream",
+    "build_image_transform": "transforms",
+    "build_video_datasets": "stream",
+    "dataset_location": "manifest",
+    "ensure_demo_images": "demo",
+    "ensure_demo_videos": "demo_video",
+    "is_uri": "manifest",
+    "load_manifest": "manifest",
+    "location_label": "manifest",
+    "manifest_hash": "manifest",
+    "make_demo_images": "demo",
+    "make_demo_videos": "demo_video",
+    "prepare_images": "prepare",
+    "prepare_videos": "prepare_video",
+    "read_split": "stream",
+    "scan_source": "scan",
+    "write_manifest": "manifest",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -159,8 +159,8 @@ def run_preparation(
     temp_dir.mkdir(parents=True)
     try:
         started_ray = not ray.is_initialized()
-        if started_ray:
-            ray.init(num_cpus=num_cpus)
+        if started_ray:  # a short local Ray of our own: no dashboard (about 0.3 GB less, and a faster start)
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
         try:
             manifest = write_shards(
                 items,

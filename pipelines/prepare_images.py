@@ -42,15 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64.0,
         help="reject files larger than this (MiB) without reading them",
     )
-    parser.add_argument(
-        "--dedup",
-        choices=("split", "drop", "keep"),
-        default="split",
-        help="files of the same contents: keep a content found in train and val in train only (split), keep one "
-        "copy overall (drop), or keep all and only list them (keep)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in OUT")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    from fovea.data.write import add_output_arguments
+
+    add_output_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -102,6 +102,19 @@ def check_labels(items: Sequence[Mapping[str, Any]], classes: Sequence[str], src
             )
 
 
+def add_output_arguments(parser: Any) -> None:
+    """The options every preparation script takes about its output: ``--dedup``, ``--overwrite``, ``--num-cpus``."""
+    parser.add_argument(
+        "--dedup",
+        choices=DEDUP_MODES,
+        default="split",
+        help="files of the same contents: keep a content found in train and val in train only (split), keep one "
+        "copy overall (drop), or keep all and only list them (keep)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in OUT")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+
+
 def check_dedup(dedup: str) -> None:
     """Check a ``dedup`` mode (see :func:`find_duplicate_contents`) before any work starts.
 

@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="pad",
         help="short videos: keep them (clips loop over their frames) or reject them",
     )
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=512.0,
+        help="reject files larger than this (MiB) without reading them",
+    )
     from fovea.data.write import add_output_arguments
 
     add_output_arguments(parser)
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             num_cpus=args.num_cpus,
             dedup=args.dedup,
+            max_file_mb=args.max_file_mb,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -233,3 +233,31 @@ def test_damaged_and_decord_unreadable_videos_are_rows_not_a_crashed_job(ray_loc
     assert set(notes) == pyav_only and all(note.startswith("read with pyav: ") for note in notes.values())
     assert manifest["video_backends"] == ["decord", "pyav"]
     assert "rejected: 2" in capsys.readouterr().out
+
+
+def test_huge_and_odd_video_files_are_rejected_without_being_read(tmp_path: Path) -> None:
+    """Issue 21: a 2 GiB (sparse) ``.mp4`` and a FIFO are refused from ``stat`` alone (``--max-file-mb``, 512 MiB by
+    default for videos): the check's memory does not grow by the file's size, and nothing blocks on the FIFO."""
+    import os
+    import resource
+
+    huge, pipe = tmp_path / "huge.mp4", tmp_path / "pipe.mp4"
+    with open(huge, "wb") as file:
+        file.truncate(2 << 30)
+    os.mkfifo(pipe)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    batch = {"path": [str(huge), str(pipe)], "label": [0, 0], "class_name": ["a", "a"], "split": ["train"] * 2}
+    rows = read_and_check_videos(batch).to_pylist()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert [row["error"] for row in rows] == [
+        "file too large: 2048.0 MB, over max_file_mb=512",
+        "not a regular file",
+    ]
+    assert grown_mb < 100
+    (tmp_path / "two.mp4").write_bytes(bytes(2 << 20))
+    one = {"path": [str(tmp_path / "two.mp4")], "label": [0], "class_name": ["a"], "split": ["train"]}
+    assert read_and_check_videos(one, max_file_mb=1).to_pylist()[0]["error"] == (
+        "file too large: 2.0 MB, over max_file_mb=1"
+    )
+    with pytest.raises(ValueError, match="max_file_mb must be a positive number"):
+        prepare_videos(tmp_path, tmp_path / "out", max_file_mb=0)

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import re
-import stat
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -35,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageFile
 
+from fovea.data.files import FileRefused, amount, read_limited
 from fovea.data.images import UnusableImage, eight_bit, format_problem, is_jpeg, open_allowed, quiet, upright
 from fovea.errors import joined_lines
 
@@ -47,7 +46,6 @@ DEFAULT_MAX_FILE_MB = 64.0
 MAX_JPEG_SCANS = 256
 # How much larger than its decoded 8-bit pixels a stored file may be before it is re-encoded as PNG.
 _EXTRA_BYTES = 1 << 20
-_HEADER_BYTES = 16
 
 # What read_and_check_images returns: one row per input file, rejected files included (``error`` set, no image).
 CHECKED_SCHEMA = pa.schema(
@@ -77,43 +75,19 @@ class ImageCheck(NamedTuple):
     note: str = ""
 
 
-def _amount(size: int) -> str:
-    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size} bytes"
-
-
 def read_image_file(path: str, *, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> bytes:
     """A file's bytes, read only when it is a regular file of at most ``max_file_mb`` MiB whose first bytes are one
-    of the allowed image formats (:func:`~fovea.data.images.format_problem`).
+    of the allowed image formats (:func:`~fovea.data.images.format_problem`; :func:`fovea.data.files.read_limited`).
 
     Raises:
         UnusableImage: not a regular file (a FIFO would block the read forever), too large, or not an allowed image
             format; the file is never read whole then.
         OSError: it cannot be read.
     """
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise UnusableImage("not a regular file")
-    max_bytes, limit = int(max_file_mb * 2**20), f"over max_file_mb={max_file_mb:g}"
-    if info.st_size > max_bytes:
-        raise UnusableImage(f"file too large: {_amount(info.st_size)}, {limit}")
-    with open(path, "rb") as file:
-        head = file.read(_HEADER_BYTES)
-        problem = format_problem(head)
-        if problem:
-            raise UnusableImage(problem)
-        # as many bytes as stat said (a read of the limit would allocate the whole limit first), then what the file
-        # may have grown by since, in 1 MiB steps up to the limit
-        chunks = [head, file.read(max(0, info.st_size - len(head)))]
-        total = sum(map(len, chunks))
-        while total <= max_bytes:
-            chunk = file.read(min(1 << 20, max_bytes + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    if total > max_bytes:
-        raise UnusableImage(f"file too large: over {_amount(max_bytes)}, {limit}")
-    return b"".join(chunks)
+    try:
+        return read_limited(path, max_mb=max_file_mb, head_check=format_problem)
+    except FileRefused as refused:
+        raise UnusableImage(str(refused)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -258,11 +232,11 @@ def _stored(
     note = ""
     if first is not None and len(first) < len(data) and _same_pixels(first, pixels):
         where = "the first frame" if image_format == "GIF" else "the end of the image"
-        note = f"dropped {_amount(len(data) - len(first))} after {where}"
+        note = f"dropped {amount(len(data) - len(first))} after {where}"
         data = first
     needed = pixels.width * pixels.height * len(pixels.getbands())
     if len(data) > 2 * needed + _EXTRA_BYTES:
-        note = f"re-encoded as PNG: the file holds {_amount(len(data))} for {_amount(needed)} of 8-bit pixels"
+        note = f"re-encoded as PNG: the file holds {amount(len(data))} for {amount(needed)} of 8-bit pixels"
         return ImageCheck(_encode(pixels, jpeg_quality=None), pixels.width, pixels.height, "", note)
     return ImageCheck(data, *size, "", note)
 

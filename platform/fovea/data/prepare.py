@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from fovea.data.check import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_SIDE, read_and_check_images
+from fovea.data.files import check_max_file_mb
 from fovea.data.images import ALLOWED_FORMATS, MAX_PIXELS
 from fovea.data.manifest import accounting, load_manifest, write_manifest
 from fovea.data.scan import SourceScan, survey_source
@@ -79,8 +80,7 @@ def prepare_images(
         raise ValueError(f"shard_rows must be at least 1, got {shard_rows}")
     if max_side is not None and max_side < 0:
         raise ValueError(f"max_side must be at least 1 (0 = keep every size), got {max_side}")
-    if not 0 < max_file_mb < float("inf"):
-        raise ValueError(f"max_file_mb must be a positive number, got {max_file_mb}")
+    check_max_file_mb(max_file_mb)
     if not 1 <= jpeg_quality <= 95:
         raise ValueError(f"jpeg_quality must be in 1..95, got {jpeg_quality}")
     check_dedup(dedup)

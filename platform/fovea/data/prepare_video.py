@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from fovea.data.clips import BACKENDS_KEY, STORAGES
+from fovea.data.files import FileRefused, check_max_file_mb, read_limited
 from fovea.data.prepare import run_preparation
 from fovea.data.scan import survey_source
 from fovea.data.video import VIDEO_BACKENDS, BadVideo, decode_frames, probe_video, read_bytes
@@ -43,6 +44,9 @@ from fovea.data.write import check_dedup, check_output_dir
 from fovea.errors import joined_lines, typed_line
 
 TOO_SHORT = ("pad", "reject")
+# A classification clip is a few MB (Kinetics' 10 s clips: 1-10 MB); a larger file is read whole into one task's
+# memory, several times over while it is probed, so it needs --max-file-mb raised on purpose.
+DEFAULT_MAX_VIDEO_MB = 512.0
 
 # What read_and_check_videos returns: one row per input item, rejected ones included (``error`` set).
 CHECKED_VIDEO_SCHEMA = pa.schema(
@@ -146,13 +150,24 @@ def _pre_decode(
     }
 
 
-def read_and_check_videos(batch: pa.Table | Mapping[str, Sequence[Any]], **options: Any) -> pa.Table:
+def read_video_file(path: str, *, max_file_mb: float = DEFAULT_MAX_VIDEO_MB) -> bytes:
+    """A video's bytes: a local file through :func:`fovea.data.files.read_limited` (a regular file of at most
+    ``max_file_mb`` MiB, never read whole otherwise), a URI as pyarrow's filesystems read it."""
+    if "://" in path and not path.startswith("file://"):
+        return read_bytes(path)
+    return read_limited(path.removeprefix("file://"), max_mb=max_file_mb)
+
+
+def read_and_check_videos(
+    batch: pa.Table | Mapping[str, Sequence[Any]], *, max_file_mb: float = DEFAULT_MAX_VIDEO_MB, **options: Any
+) -> pa.Table:
     """Read and check a batch of videos; the ``map_batches`` function of :func:`prepare_videos`.
 
     Never raises on bad files: each input row yields one output row, with ``error`` naming what is wrong.
 
     Args:
         batch: Columns ``path``, ``label``, ``class_name``, ``split`` and optionally ``start``/``end`` (seconds).
+        max_file_mb: Files larger than this (MiB) are rejected without being read (:func:`read_video_file`).
         **options: :func:`check_video`'s keyword arguments (``storage``, ``min_frames``, ...).
 
     Returns:
@@ -169,12 +184,12 @@ def read_and_check_videos(batch: pa.Table | Mapping[str, Sequence[Any]], **optio
     rows = []
     for path, start, end in zip(column("path"), column("start"), column("end"), strict=True):
         try:
-            data = read_bytes(path)
+            data = read_video_file(path, max_file_mb=max_file_mb)
             row = {**check_video(data, start=start, end=end, **options), "error": ""}
             row["content_hash"] = hashlib.sha256(data).hexdigest()
         except OSError as error:
             row = {**empty, "note": "", "error": f"unreadable file: {error.strerror or joined_lines(error)}"}
-        except BadVideo as error:
+        except (BadVideo, FileRefused) as error:
             row = {**empty, "note": "", "error": str(error)}
         except Exception as error:  # noqa: BLE001 - a decoder's surprise: one rejected row, never a failed job
             row = {**empty, "note": "", "error": f"could not be checked: {typed_line(error)}"}
@@ -204,6 +219,7 @@ def prepare_videos(
     overwrite: bool = False,
     num_cpus: int | None = None,
     dedup: str = "split",
+    max_file_mb: float = DEFAULT_MAX_VIDEO_MB,
 ) -> dict[str, Any]:
     """Probe every video of SRC and write the good ones (or their segments) as a prepared dataset in OUT.
 
@@ -223,6 +239,7 @@ def prepare_videos(
         num_cpus: CPUs of a local Ray started here (ignored when Ray is already initialized).
         dedup: Files of the same contents (and segment): ``split`` (in train and val: kept in train only), ``drop``
             (kept once) or ``keep`` (only listed); see :func:`fovea.data.write.find_duplicate_contents`.
+        max_file_mb: Files larger than this (MiB) are rejected without being read (recorded in the manifest).
 
     Returns:
         The manifest (absolute shard paths); ``kind`` is ``video`` and ``storage`` says what rows hold.
@@ -239,6 +256,7 @@ def prepare_videos(
     if shard_rows < 1 or min_frames < 1 or pre_decode_size < 8 or pre_decode_frames < 0:
         raise ValueError("shard_rows and min_frames must be at least 1, pre_decode_size at least 8, frames >= 0")
     check_dedup(dedup)
+    check_max_file_mb(max_file_mb)
     out = check_output_dir(out, overwrite=overwrite)
     scan = survey_source(src, val_fraction=val_fraction, seed=seed, segments=True)
     items, classes = scan.items, scan.classes
@@ -248,6 +266,7 @@ def prepare_videos(
         "too_short": too_short,
         "pre_decode_size": pre_decode_size,
         "pre_decode_frames": pre_decode_frames,
+        "max_file_mb": max_file_mb,
     }
     return run_preparation(
         src,

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fovea.models import count_parameters, create_model, load_weights
-from fovea.models.cvt import ConvAttention, Cvt, CvtCfg
+from fovea.models.cvt import ConvAttention, Cvt, CvtCfg, model_cfgs
 
 PRESETS = ["cvt_13_224", "cvt_21_224", "cvt_13_384", "cvt_21_384", "cvt_w24_384", "cvt_micro_32"]
 
@@ -144,9 +144,63 @@ def test_loads_the_authors_key_layout(tmp_path):
     path = tmp_path / "cvt.pth"
     torch.save({"model": {k.replace("stages.", "stage", 1): v for k, v in source.state_dict().items()}}, path)
     target = timm.create_model("cvt_micro_32", num_classes=8)
-    assert load_weights(target, path)["skipped"] == []
+    report = load_weights(target, path)
+    assert report.reset_head == [] and report.layout == "microsoft-cvt"
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(target.eval()(x), source.eval()(x))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_published_presets_follow_the_authors_code_and_micro_keeps_its_own(name):
+    """The authors' cls_cvt.py: attention scaled by the width ``dim ** -0.5`` and QuickGELU in the MLPs; the demo's
+    cvt_micro_32 keeps the head-width scale and exact GELU it was tuned with."""
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=2)
+    micro = name == "cvt_micro_32"
+    assert model.cfg.attn_scale == ("head_dim" if micro else "dim")
+    assert model.cfg.act_layer == ("gelu" if micro else "quick_gelu")
+    for stage in model.stages:
+        for block in stage.blocks:
+            attn = block.attn
+            width = attn.head_dim if micro else attn.num_heads * attn.head_dim
+            assert attn.scale == pytest.approx(width**-0.5)
+            assert type(block.mlp.act).__name__ == ("GELU" if micro else "QuickGELU")
+    assert model.norm.eps == 1e-5 and model.stages[0].blocks[0].attn.conv_proj_k.bn.eps == 1e-5
+
+
+@pytest.mark.parametrize("attn_scale", ["dim", "head_dim"])
+def test_attention_scale_by_hand(attn_scale):
+    """softmax(Q K^T * scale) V with the scale the argument names, the class token joining Q, K and V."""
+    torch.manual_seed(0)
+    attn = ConvAttention(24, 3, stride_kv=2, has_cls_token=True, attn_scale=attn_scale).eval()
+    x, size = torch.randn(2, 1 + 4 * 4, 24), (4, 4)
+    with torch.no_grad():
+        grid = x[:, 1:].transpose(1, 2).reshape(2, 24, 4, 4)
+        q, k, v = (
+            proj(torch.cat((x[:, :1], conv(grid)), dim=1)).view(2, -1, 3, 8).transpose(1, 2)
+            for conv, proj in (
+                (attn.conv_proj_q, attn.proj_q),
+                (attn.conv_proj_k, attn.proj_k),
+                (attn.conv_proj_v, attn.proj_v),
+            )
+        )
+        scale = (24 if attn_scale == "dim" else 8) ** -0.5
+        expected = ((q @ k.transpose(-1, -2)) * scale).softmax(-1) @ v
+        expected = attn.proj(expected.transpose(1, 2).reshape(2, -1, 24))
+        torch.testing.assert_close(attn(x, size), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_create_model_takes_architecture_arguments():
+    """``CvtCfg`` fields given to create_model replace the preset's: any published shape from one preset."""
+    model = create_model(
+        "cvt_13_224", num_classes=3, depths=[1, 1, 2], embed_dims=[16, 32, 48], num_heads=[1, 2, 3], act_layer="gelu"
+    )
+    assert (model.cfg.depths, model.cfg.num_heads, model.cfg.attn_scale) == ((1, 1, 2), (1, 2, 3), "dim")
+    assert type(model.stages[2].blocks[1].mlp.act).__name__ == "GELU"
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert model_cfgs["cvt_13"]["depths"] == (1, 2, 10)  # the preset itself is untouched
+    with pytest.raises(ValueError, match="attn_scale"):
+        create_model("cvt_micro_32", num_classes=2, attn_scale="heads")
 
 
 def test_config_derives_per_stage_values():

@@ -58,3 +58,40 @@ def test_parameters_and_macs_match_the_paper(name, frames, macs):
     with counter:
         model(torch.randn(1, 3, frames, 224, 224, device="meta"))
     assert counter.get_total_flops() / 2 == pytest.approx(macs, rel=0.05)
+
+
+def test_presets_take_architecture_arguments():
+    """MViTCfg's fields replace the preset's (lists as YAML gives them): MViT-B's preset rebuilt at micro size."""
+    with torch.device("meta"):
+        micro = create_model("mvit_micro_8x4", num_classes=3)
+        rebuilt = create_model(
+            "mvit_base_16x4",
+            num_classes=3,
+            num_frames=8,
+            img_size=32,
+            depth=5,
+            embed_dim=32,
+            stage_starts=[1, 3],
+            stride_kv=[1, 2, 2],
+        )
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in micro.state_dict().items()}
+    with pytest.raises(ValueError, match=r"stride_kv must be 3 positive integers"):
+        create_model("mvit_micro_8x4", num_classes=3, stride_kv=[2, 2])
+
+
+def test_own_checkpoint_loads_exactly_and_fits_another_clip(tmp_path):
+    """fovea's own MViT files load as they are; for another clip length or size the position tables are resized."""
+    from fovea.weights import detect_layout, read_weights
+
+    torch.manual_seed(0)
+    trained = create_model("mvit_micro_8x4", num_classes=4).eval()
+    path = tmp_path / "mvit.pt"
+    torch.save(trained.state_dict(), path)
+    assert detect_layout(read_weights(path)).name == "fovea"
+    same = create_model("mvit_micro_8x4", num_classes=4, checkpoint=path).eval()
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in trained.state_dict().items())
+    longer = create_model("mvit_micro_8x4", num_classes=4, checkpoint=path, num_frames=16, img_size=64)
+    assert longer.pos_embed_temporal.shape[1] == 8 and longer.pos_embed_spatial.shape[1] == 16 * 16
+    assert torch.equal(longer.blocks[1].attn.qkv.weight, trained.blocks[1].attn.qkv.weight)
+    with torch.no_grad():
+        assert longer(torch.randn(1, 3, 16, 64, 64)).shape == (1, 4)

@@ -9,7 +9,7 @@ from helpers import logits_in_frame_orders
 from torch.utils.flop_counter import FlopCounterMode
 
 from fovea.models import count_parameters, create_model, is_video_model
-from fovea.models.layers import inflate_patch_weight
+from fovea.models.layers import inflate_patch_weight, resize_pos_grid
 
 KINDS = ("joint", "fe", "fsa", "fdp")
 
@@ -100,3 +100,73 @@ def test_conv_stem_keeps_the_token_grid_and_skips_image_patch_weights(vit_file):
     loaded = create_model("vivit_micro_convstem_fe", num_classes=4, checkpoint=path)
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
     assert loaded.patch_embed.proj.weight.shape == (96, 64, 1, 1, 1)  # the stem's 1x1x1 projection
+
+
+def test_published_presets_follow_scenic_and_micro_presets_keep_their_form():
+    with torch.device("meta"):
+        fsa, fdp = (timm.create_model(f"vivit_b16x2_{kind}", num_classes=4) for kind in ("fsa", "fdp"))
+        micro_fsa, micro_fdp = (timm.create_model(f"vivit_micro_{kind}", num_classes=4) for kind in ("fsa", "fdp"))
+    assert fsa.blocks[0].time_first and fdp.blocks[0].attn.time_heads_first
+    assert fsa.blocks[0].mlp.act.approximate == fdp.blocks[-1].mlp.act.approximate == "tanh"
+    assert not micro_fsa.blocks[0].time_first and not micro_fdp.blocks[0].attn.time_heads_first
+    assert micro_fsa.blocks[0].mlp.act.approximate == "none"
+    with pytest.raises(ValueError, match="attention_order must be one of"):
+        create_model("vivit_micro_fsa", num_classes=3, attention_order="space_then_time")
+
+
+@pytest.mark.parametrize("time_heads_first", [True, False])
+def test_factorised_dot_product_heads_attend_where_told(time_heads_first):
+    from fovea.models.vivit import FactorisedDotProductAttention
+
+    torch.manual_seed(0)
+    attention = FactorisedDotProductAttention(8, 2, time_heads_first=time_heads_first).eval()
+    with torch.no_grad():
+        attention.proj.weight[:, 4:] = 0  # keep only the first head's output
+        tokens = torch.randn(1, 3, 4, 8)  # (B, T', N, D)
+        base = attention(tokens)
+        same_place, same_step = tokens.clone(), tokens.clone()
+        same_place[0, 2, 0] += 1.0  # another time step, the same spatial position as token (0, 0)
+        same_step[0, 0, 3] += 1.0  # the same time step, another position
+        moved_by_place = (attention(same_place)[0, 0, 0] - base[0, 0, 0]).abs().max()
+        moved_by_step = (attention(same_step)[0, 0, 0] - base[0, 0, 0]).abs().max()
+    # scenic gives the first half of the heads to time: they see only the same position at other time steps
+    assert (moved_by_place > 1e-4) == time_heads_first and (moved_by_step > 1e-4) != time_heads_first
+
+
+@pytest.mark.parametrize("order", ["time_space", "space_time"])
+def test_factorised_self_attention_runs_in_the_given_order(order):
+    torch.manual_seed(0)
+    model = create_model("vivit_micro_fsa", num_classes=3, attention_order=order).eval()
+    block, tokens = model.blocks[0], torch.randn(1, 8, 64, 96)
+
+    def over_time(x):
+        across = x.transpose(1, 2)
+        return (across + block.attn_temporal(block.norm_temporal(across))).transpose(1, 2)
+
+    def over_space(x):
+        return x + block.attn(block.norm1(x))
+
+    with torch.no_grad():
+        mixed = over_space(over_time(tokens)) if order == "time_space" else over_time(over_space(tokens))
+        torch.testing.assert_close(block(tokens), mixed + block.mlp(block.norm2(mixed)))
+
+
+def test_own_video_weights_fit_another_clip_length_and_size(tmp_path):
+    """fovea's 16-frame, 32 px micro weights (8 x 8 x 8 tokens) into 8 frames (4 steps) or 16 px (4 x 4)."""
+    torch.manual_seed(0)
+    source = create_model("vivit_micro_joint", num_classes=3)
+    path = tmp_path / "joint.pth"
+    torch.save(source.state_dict(), path)
+    shorter = create_model("vivit_micro_joint", num_classes=3, num_frames=8, checkpoint=path)
+    table = source.pos_embed[:, 1:].reshape(8, 64, 96)
+    resized = shorter.pos_embed[:, 1:].reshape(4, 64, 96)
+    # linear over time, half-pixel centres: each new step is the mean of two old ones
+    torch.testing.assert_close(resized[0], (table[0] + table[1]) / 2)
+    assert torch.equal(shorter.pos_embed[:, 0], source.pos_embed[:, 0])
+    smaller = create_model("vivit_micro_joint", num_classes=3, img_size=16, checkpoint=path)
+    assert smaller.pos_embed.shape == (1, 1 + 8 * 16, 96) and smaller(torch.randn(1, 3, 16, 16, 16)).shape == (1, 3)
+    torch.testing.assert_close(smaller.pos_embed[:, 1:17], resize_pos_grid(table[None, 0], (4, 4)))  # bicubic
+    fe = create_model("vivit_micro_fe", num_classes=3)
+    torch.save(fe.state_dict(), path)
+    both = create_model("vivit_micro_fe", num_classes=3, num_frames=8, img_size=16, checkpoint=path)
+    assert both.pos_embed.shape == (1, 1 + 16, 96) and both.temporal_pos_embed.shape == (1, 1 + 4, 96)

@@ -18,20 +18,30 @@ What makes it CvT (section numbers are the paper's):
 
 Presets follow Table 2: CvT-13 and CvT-21 (widths 64/192/384, heads 1/3/6) and the wide CvT-W24. ``cvt_micro_32``
 is fovea's small variant for tests and the demo set.
+
+Two ``CvtCfg`` arguments settle what the paper leaves open, so the authors' released weights give their logits
+(github:microsoft/CvT ``lib/models/cls_cvt.py``, architectures from its ``experiments/imagenet/cvt/*.yaml``):
+``attn_scale="dim"`` scales attention by the token width ``dim ** -0.5`` as their ``Attention`` does, not by
+``head_dim ** -0.5`` (``sqrt(num_heads)`` apart: 4x in CvT-W24's last stage), and ``act_layer="quick_gelu"``
+(``x * sigmoid(1.702 x)``) is the MLP activation their ``get_cls_model`` builds (transformers' CvT runs the same
+weights with exact GELU: ``act_layer="gelu"`` gives its logits). ``cvt_13_*``, ``cvt_21_*`` and ``cvt_w24_384``
+follow the authors; ``cvt_micro_32`` keeps the head-width scale and exact GELU its demo results were tuned with.
+The rest is theirs already (LayerNorm and BatchNorm eps, the ``dw_bn`` projections, where the class token joins,
+the final norm and head, the keys but ``stage0.``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates, get_act_layer, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from torch import nn
 
@@ -65,6 +75,8 @@ class CvtCfg:
         kernel_qkv: kernel of the depthwise convolutions that project Q, K and V.
         stride_kv: stride of the key/value projection (2: a quarter of the tokens answer).
         cls_token: add a class token in the last stage and classify from it.
+        attn_scale: ``"dim"`` scales attention by ``dim ** -0.5`` (the authors' code), ``"head_dim"`` by the heads'.
+        act_layer: the MLP activation, a timm name (``"quick_gelu"``: the authors'; ``"gelu"``: exact) or a class.
     """
 
     depths: tuple[int, ...] = (1, 2, 10)
@@ -79,8 +91,12 @@ class CvtCfg:
     kernel_qkv: int | tuple[int, ...] = 3
     stride_kv: int | tuple[int, ...] = 2
     cls_token: bool = True
+    attn_scale: str = "dim"
+    act_layer: str | Callable[..., nn.Module] = "quick_gelu"
 
     def __post_init__(self) -> None:
+        if self.attn_scale not in ("dim", "head_dim"):
+            raise ValueError(f"CvtCfg.attn_scale must be 'dim' or 'head_dim', got {self.attn_scale!r}")
         num_stages = len(self.depths)
         self.depths = tuple(self.depths)
         self.embed_dims = _per_stage(self.embed_dims, num_stages, "embed_dims")
@@ -163,12 +179,14 @@ class ConvAttention(nn.Module):
         kernel_size: int = 3,
         stride_kv: int = 2,
         has_cls_token: bool = False,
+        attn_scale: str = "dim",
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.scale = (dim if attn_scale == "dim" else self.head_dim) ** -0.5
         self.has_cls_token = has_cls_token
         self.attn_drop = attn_drop
         self.conv_proj_q = ConvProjection(dim, kernel_size, stride=1)  # every token queries: the residual needs it
@@ -207,8 +225,9 @@ class ConvAttention(nn.Module):
         q = self._heads(self.proj_q(q))  # (B, heads, N_q, head_dim)
         k = self._heads(self.proj_k(k))  # (B, heads, N_kv, head_dim)
         v = self._heads(self.proj_v(v))  # (B, heads, N_kv, head_dim)
-        # scaled by head_dim ** -0.5 as in Vaswani et al.
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
         x = x.transpose(1, 2).reshape(batch, -1, dim)  # (B, N_q, C)
         return self.proj_drop(self.proj(x))
 
@@ -226,6 +245,7 @@ class CvtBlock(nn.Module):
         kernel_qkv: int = 3,
         stride_kv: int = 2,
         has_cls_token: bool = False,
+        attn_scale: str = "dim",
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
@@ -241,6 +261,7 @@ class CvtBlock(nn.Module):
             kernel_size=kernel_qkv,
             stride_kv=stride_kv,
             has_cls_token=has_cls_token,
+            attn_scale=attn_scale,
             attn_drop=attn_drop,
             proj_drop=proj_drop,
         )
@@ -322,7 +343,6 @@ class Cvt(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        act_layer: Callable[..., nn.Module] = nn.GELU,
         norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-5),
     ) -> None:
         """Build the model.
@@ -339,8 +359,7 @@ class Cvt(nn.Module):
             proj_drop_rate: dropout after attention's output projection and in the MLP.
             attn_drop_rate: dropout on attention weights.
             drop_path_rate: stochastic depth, rising linearly over all blocks to this value.
-            act_layer: MLP activation.
-            norm_layer: token normalisation in the blocks and before the head.
+            norm_layer: token normalisation in the blocks and before the head (eps 1e-5, as the authors').
         """
         super().__init__()
         if global_pool not in ("token", "avg", ""):
@@ -353,6 +372,7 @@ class Cvt(nn.Module):
         self.drop_rate = drop_rate
         self.num_prefix_tokens = 1 if cfg.cls_token else 0
         img_size = to_2tuple(img_size)
+        act_layer = get_act_layer(cfg.act_layer)
 
         dpr = calculate_drop_path_rates(drop_path_rate, list(cfg.depths), stagewise=False)
         self.stages = nn.ModuleList()
@@ -373,6 +393,7 @@ class Cvt(nn.Module):
                 qkv_bias=cfg.qkv_bias,
                 kernel_qkv=cfg.kernel_qkv[i],
                 stride_kv=cfg.stride_kv[i],
+                attn_scale=cfg.attn_scale,
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
                 act_layer=act_layer,
@@ -466,11 +487,11 @@ class Cvt(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Cvt) -> dict[str, torch.Tensor]:
-    """Accept the authors' released checkpoints as well as fovea's own.
+    """Fit fovea's own weights to a model; the authors' stage names are accepted too.
 
-    The official weights name stages ``stage0``, ``stage1``, ... where this implementation has a ``stages``
-    ModuleList; every other key (``patch_embed.proj``, ``attn.conv_proj_q.conv``/``.bn``, ``attn.proj_q``, ``mlp.fc1``,
-    ``stage2.cls_token``, ``norm``, ``head``) already matches. No position embedding means nothing to resize.
+    ``fovea.weights`` converts the published layouts first (``fovea/weights/cvt.py``); timm's ``pretrained=True`` path
+    calls this on the raw file, so the authors' ``stage0.`` keys become ``stages.0.`` here too (all their other keys
+    are fovea's). No position embedding means nothing to resize.
     """
     state_dict = state_dict.get("model", state_dict)
     return {re.sub(r"^stage(\d+)\.", r"stages.\1.", key): value for key, value in state_dict.items()}
@@ -504,11 +525,15 @@ default_cfgs = generate_default_cfgs(
     }
 )
 
-model_cfgs = dict(
-    # Table 2 of the paper. Widths 64/192/384 with 64 channels per head give heads 1/3/6.
-    cvt_13=CvtCfg(depths=(1, 2, 10)),
-    cvt_21=CvtCfg(depths=(1, 4, 16)),
-    cvt_w24=CvtCfg(depths=(2, 2, 20), embed_dims=(192, 768, 1024)),  # heads 3/12/16
+_AUTHORS = dict(attn_scale="dim", act_layer="quick_gelu")
+
+# ``CvtCfg`` arguments per architecture; ``create_model`` keyword arguments named like a ``CvtCfg`` field replace
+# them (``depths=(1, 1, 2)``, ``act_layer="gelu"``), so a model of any published shape can be built from a preset.
+model_cfgs: dict[str, dict[str, Any]] = dict(
+    # Table 2 and the authors' yaml files: widths 64/192/384 with 64 channels per head give their heads 1/3/6.
+    cvt_13=dict(depths=(1, 2, 10), **_AUTHORS),
+    cvt_21=dict(depths=(1, 4, 16), **_AUTHORS),
+    cvt_w24=dict(depths=(2, 2, 20), embed_dims=(192, 768, 1024), **_AUTHORS),  # heads 3/12/16
     # For 32x32 inputs (the demo set). The paper's stride-4 stage-1 embedding would leave a 2x2 grid in stage 3;
     # stride 2 keeps grids of 16x16, 8x8 and 4x4 (CvT-13 at 224 has 56/28/14). A 5x5 kernel keeps that embedding
     # overlapping (kernel > stride), as the paper's 7x7/stride-4 one is. Keys and values keep stride 2 in stages
@@ -517,25 +542,19 @@ model_cfgs = dict(
     # the same speed. Widths 64/128/192 with 32 channels per head (heads 2/4/6), depths 1/2/3: 2.1M parameters
     # (8 classes), 69 MMACs per image. Feeding the demo images at 64x64 through the paper's 7x7/stride-4 embedding
     # instead (same grids, similar cost; both with stride-2 keys everywhere) learned more slowly: 71.6% after 6
-    # epochs against 91.0% at 32x32.
-    cvt_micro=CvtCfg(
-        depths=(1, 2, 3),
-        embed_dims=(64, 128, 192),
-        head_dim=32,
-        patch_size=(5, 3, 3),
-        patch_stride=(2, 2, 2),
-        patch_padding=(2, 1, 1),
-        stride_kv=(2, 2, 1),
-    ),
+    # epochs against 91.0% at 32x32. Those results were had with the head-width scale and exact GELU, which it keeps.
+    cvt_micro=dict(depths=(1, 2, 3), embed_dims=(64, 128, 192), head_dim=32, stride_kv=(2, 2, 1), attn_scale="head_dim")
+    | dict(patch_size=(5, 3, 3), patch_stride=(2, 2, 2), patch_padding=(2, 1, 1), act_layer="gelu"),
 )
 
 
 def _create_cvt(variant: str, cfg_variant: str, pretrained: bool = False, **kwargs: Any) -> Cvt:
+    arch = {name: kwargs.pop(name) for name in list(kwargs) if name in {f.name for f in fields(CvtCfg)}}
     return build_model_with_cfg(
         Cvt,
         variant,
         pretrained,
-        model_cfg=model_cfgs[cfg_variant],
+        model_cfg=CvtCfg(**{**model_cfgs[cfg_variant], **arch}),
         pretrained_filter_fn=checkpoint_filter_fn,
         **kwargs,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from fovea.errors import joined_lines, typed_line
+from fovea.errors import typed_line
 
 _VIDEO_MODELS: set[str] = set()
 
@@ -114,13 +113,19 @@ def create_model(
     check_model_name(name)
     if pretrained and checkpoint:
         raise ValueError("give either model.pretrained or model.checkpoint, not both")
-    if checkpoint and not Path(checkpoint).is_file():
+    if checkpoint and not Path(checkpoint).expanduser().exists():
         raise FileNotFoundError(f"model.checkpoint: no such file: {checkpoint}")
     args: dict[str, Any] = dict(num_classes=num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate, **kwargs)
     if img_size is not None:
         args["img_size"] = img_size
     if window_size is not None:
         args["window_size"] = window_size
+    # fovea's own presets are published by other projects, in their layouts: fetched and converted by
+    # fovea.weights (timm would warn and go on with random weights for a preset without a location)
+    from fovea.weights.hub import fetch_published, is_fovea_preset
+
+    if pretrained and is_fovea_preset(name):
+        checkpoint, pretrained = fetch_published(name), False
     try:
         try:
             model = timm.create_model(name, pretrained=pretrained, **args)
@@ -140,7 +145,7 @@ def create_model(
             "without hub access, download them elsewhere and pass model.checkpoint=FILE"
         ) from None
     if checkpoint:
-        load_weights(model, checkpoint)
+        model.load_report = load_weights(model, checkpoint)  # what was loaded and reset, for the caller to show
     use_sdpa(model)
     return model
 
@@ -185,86 +190,12 @@ def window_fit_problem(model: nn.Module) -> str | None:
     return None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a weights file, never unpickling arbitrary objects.
-
-    Accepts safetensors files, plain state dicts and checkpoints that nest one under ``model``,
-    ``state_dict`` or ``model_ema``; strips DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes. A file
-    with a ``.sha256`` checksum beside it (fovea's checkpoints and weights) is checked against it first.
-
-    Raises:
-        CheckpointError: (a ``ValueError``) one line: unreadable, truncated or corrupt (a safetensors header that
-            does not match its data too), needing arbitrary unpickling, or holding no state dict of tensors.
-    """
-    from fovea.checkpoints import CheckpointError, load_verified, verify
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        verify(path)
-        try:
-            state = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - SafetensorError (a cut or lying header), OSError, ...
-            raise CheckpointError(f"{path}: unreadable safetensors file ({typed_line(err)})") from None
-    else:
-        state = load_verified(path, what="weights file")
-    for key in ("model", "state_dict", "model_state"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: holds no state dict")
-    cleaned = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: not a state dict of tensors ({key!r} holds a {type(value).__name__})")
-        for prefix in ("module.", "_orig_mod."):
-            key = str(key).removeprefix(prefix)
-        cleaned[key] = value
-    return cleaned
-
-
-def _classifier_keys(model: nn.Module) -> tuple[str, ...]:
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
-    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    return tuple(f"{n}." for n in names)
-
-
-def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load a weights file into ``model``, adapting what timm's family filter can adapt.
-
-    The family's ``checkpoint_filter_fn`` (when timm has one) resizes position embeddings and Swin's relative
-    position tables; classifier weights of another shape are skipped so the new head keeps its fresh init.
+def load_weights(model: nn.Module, path: str | Path) -> Any:
+    """Load a weights file (any layout ``fovea.weights`` recognises) into ``model``; see ``fovea.weights.load_weights``.
 
     Returns:
-        ``{"skipped": [...], "missing": [...]}``: the head keys left at their initial values.
-
-    Raises:
-        ValueError: the file cannot be read as weights (a ``CheckpointError``), or tensors other than the classifier
-            are missing or do not fit (one line naming the file).
+        The ``LoadReport``: the layout, the classifier keys reset, notes on normalisation and clip length.
     """
-    state = read_state_dict(path)
-    family = sys.modules.get(type(model).__module__)
-    filter_fn = getattr(family, "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state = filter_fn(state, model)
-        except Exception as err:  # noqa: BLE001 - timm's filters index the tensors they expect: a foreign file fails
-            raise ValueError(f"{path}: does not fit {type(model).__name__} ({typed_line(err, limit=200)})") from None
-    own = model.state_dict()
-    head = _classifier_keys(model)
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k.startswith(head)]
-    for key in skipped:
-        del state[key]
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise ValueError(f"{path}: shapes do not fit {type(model).__name__} for {', '.join(mismatched[:5])}")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # a dtype or value that cannot be copied in: torch's message takes several lines
-        raise ValueError(f"{path}: does not fit {type(model).__name__} ({joined_lines(err)[:300]})") from None
-    missing = [k for k in result.missing_keys if not k.startswith(head) and not k.endswith("relative_position_index")]
-    if missing:
-        raise ValueError(f"{path}: missing weights for {', '.join(missing[:5])} ({len(missing)} in all)")
-    return {"skipped": skipped, "missing": list(result.missing_keys)}
+    from fovea.weights import load_weights as load
+
+    return load(model, path)

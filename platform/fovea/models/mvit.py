@@ -16,23 +16,32 @@ What makes it MViT:
   56 -> 28 -> 14 -> 7. Skips of query-pooled blocks are max-pooled to the new grid.
 
 Token layout: ``(B, 1 + T*H*W, C)``, the CLS first, with the grid ``(T, H, W)`` passed along.
+
+Every preset takes the fields of :class:`MViTCfg` as keyword arguments (``depth=``, ``embed_dim=``,
+``stride_kv=``, ...), which replace the preset's: published files of other sizes (and ``model.kwargs`` in a job
+config) build the architecture they need from a preset. :func:`checkpoint_filter_fn` fits a state dict in fovea's
+keys to a model of another clip length or image size (position embeddings resized) and inflates image MViT
+weights (2D patch kernel, 1-frame pooling kernels) to video.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 
 from fovea.models.factory import register_video_model
 from fovea.models.layers import CheckpointedBlocks, init_transformer_weights
+from fovea.models.layers.embed import inflate_patch_weight, resize_pos_grid
 from fovea.models.layers.pooling_attention import PoolingAttention, Shape3
 
-__all__ = ["MViT", "MViTCfg"]
+__all__ = ["MViT", "MViTCfg", "checkpoint_filter_fn", "preset_cfg"]
 
 # PySlowFast's Kinetics normalisation, which the MViT recipes use
 KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -70,6 +79,10 @@ class MViTCfg:
     qkv_bias: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("stride_q", "kernel_qkv", "stride_kv", "patch_kernel", "patch_stride"):
+            value = getattr(self, name)
+            if len(value) != 3 or any(int(v) != v or v < 1 for v in value):
+                raise ValueError(f"{name} must be 3 positive integers (T, H, W), got {value}")
         if any(not 0 < start < self.depth for start in self.stage_starts):
             raise ValueError(f"stage_starts {self.stage_starts} must lie inside 1..{self.depth - 1}")
 
@@ -235,6 +248,49 @@ class MViT(CheckpointedBlocks, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def resize_time_table(table: torch.Tensor, steps: int) -> torch.Tensor:
+    """Temporal position embeddings ``(1, T, C)`` resized (linearly) to ``steps`` time steps: PySlowFast interpolates
+    its position tables the same way (trilinear) when a clip differs from the trained one (``MViT._get_pos_embed``)."""
+    if table.shape[1] == steps:
+        return table
+    resized = F.interpolate(table.transpose(1, 2).float(), size=steps, mode="linear", align_corners=False)
+    return resized.transpose(1, 2).to(table.dtype)
+
+
+def _inflate(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A 2D kernel, or a 3D one one frame deep, at the centre of the model's deeper temporal kernel."""
+    if weight.dim() == 4:
+        weight = weight.unsqueeze(2)
+    if weight.shape[2] == 1 and target.shape[2] > 1 and weight.shape[3:] == target.shape[3:]:
+        return inflate_patch_weight(weight[:, :, 0], target.shape[2])
+    return weight
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MViT) -> dict[str, torch.Tensor]:
+    """An MViT state dict (fovea's keys, as ``fovea.weights`` converts published files to) fitted to ``model``.
+
+    Position embeddings of another grid are resized: the spatial table (a square grid, bicubic) to the model's
+    ``H x W`` tokens, the temporal one (linear) to its ``T``, so weights trained on 16 frames at 224 px fine-tune on
+    8 frames at 112 px. Kernels of an image MViT (a 2D patch embedding, 1-frame pooling kernels) are inflated to the
+    model's temporal kernels with the 2D kernel at the centre and zeros elsewhere, so each frame starts as the image
+    model saw it (ViViT's central-frame initialisation, Arnab et al. 2021, Sec. 3.4). Anything else that does not
+    fit is left to the strict key check.
+    """
+    own = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if target is not None and target.shape != value.shape:
+            if key == "pos_embed_spatial" and value.dim() == 3:
+                value = resize_pos_grid(value, model.grid[1:])
+            elif key == "pos_embed_temporal" and value.dim() == 3:
+                value = resize_time_table(value, model.grid[0])
+            elif (key == "patch_embed.weight" or key.endswith(".conv.weight")) and value.dim() in (4, 5):
+                value = _inflate(value, target)
+        out[key] = value
+    return out
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "",
@@ -264,8 +320,32 @@ MODEL_CFGS = {
 }
 
 
+_CFG_FIELDS = frozenset(field.name for field in dataclasses.fields(MViTCfg))
+
+
+def preset_cfg(name: str, **overrides: Any) -> MViTCfg:
+    """The architecture of preset ``name`` with some of its fields replaced (lists, as YAML gives them, as tuples).
+
+    Raises:
+        ValueError: a field MViTCfg does not have, or a value it rejects.
+    """
+    unknown = sorted(set(overrides) - _CFG_FIELDS)
+    if unknown:
+        raise ValueError(f"{name}: no architecture argument {', '.join(unknown)}")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    return dataclasses.replace(MODEL_CFGS[name], **values)
+
+
 def _create(name: str, pretrained: bool, **kwargs: Any) -> MViT:
-    return build_model_with_cfg(MViT, name, pretrained, cfg=MODEL_CFGS[name], **kwargs)
+    overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in _CFG_FIELDS}
+    return build_model_with_cfg(
+        MViT,
+        name,
+        pretrained,
+        cfg=preset_cfg(name, **overrides),
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **kwargs,
+    )
 
 
 @register_video_model

@@ -11,9 +11,20 @@ The attention scheme (Sec. 3, Fig. 1) is the model's ``attention``:
   then applies the MLP. The temporal branch has its own norm, attention and an output layer ``temporal_fc``
   that starts at zero, so a block initialised from an image ViT first behaves exactly as the image block.
 - ``joint`` (ST): every token attends to every other token of the clip, as ViT over ``1 + T*N`` tokens.
-- ``space`` (S): attention only within each frame; the per-frame CLS outputs are averaged. The paper's code
-  leaves the time embedding out of this baseline, which makes it blind to frame order; fovea keeps it, so each
-  frame's tokens know their time step and the average of the frames' CLS outputs depends on the order.
+- ``space`` (S): attention only within each frame, frames pooled at the end, in one of two variants
+  (``space_variant``):
+
+  - ``paper``, as the paper's code (facebookresearch/TimeSformer, ``timesformer/models/vit.py``, attention type
+    ``space_only``): the model has no time embedding at all (the parameter does not exist, so its published
+    files have none), and after the last block the tokens are averaged over the frames *before* the final norm,
+    whose CLS is the feature. It is blind to frame order: a ViT on every frame.
+  - ``timed``, fovea's earlier variant: a time embedding is added to every frame's patches, and each frame's CLS
+    is normed and then averaged, so the output depends on the frame order.
+
+  Which preset follows which: ``timesformer_base_8x224_space`` and ``timesformer_micro_space`` follow ``paper``
+  (the released and the transformers space-only weights compute as they were trained, and the micro preset is the
+  base one made small; no demo run uses it); ``timed`` stays available as ``space_variant="timed"`` (it was the
+  only space-only behaviour before). ``space_variant`` means nothing to divided and joint attention.
 
 Token layout: CLS ``(B, 1, D)`` and patches ``(B, T, N, D)``, ``N = H' * W'``.
 """
@@ -23,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -39,9 +51,10 @@ from fovea.models.layers import (
     resize_pos_grid,
 )
 
-__all__ = ["TimeSformer", "ATTENTIONS"]
+__all__ = ["TimeSformer", "ATTENTIONS", "SPACE_VARIANTS"]
 
 ATTENTIONS = ("divided", "joint", "space")
+SPACE_VARIANTS = ("paper", "timed")
 
 
 class DividedSpaceTimeBlock(Block):
@@ -103,6 +116,9 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
         stem_widths: a 3D conv stem in place of the linear patch projection (see ``TubeletEmbed``).
+        space_variant: space-only attention as the paper's code has it (``paper``: no time embedding, the frames'
+            tokens averaged before the final norm) or fovea's earlier variant (``timed``: a time embedding, each
+            frame's normed CLS averaged); see the module's docstring. Ignored by divided and joint attention.
     """
 
     def __init__(
@@ -122,17 +138,23 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         stem_widths: tuple[int, ...] = (),
+        space_variant: str = "paper",
     ) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if space_variant not in SPACE_VARIANTS:
+            raise ValueError(f"space_variant must be one of {', '.join(SPACE_VARIANTS)}, got {space_variant!r}")
         self.attention, self.num_classes, self.num_frames = attention, num_classes, num_frames
+        self.space_variant = space_variant
         self.num_features = self.embed_dim = embed_dim
         # a 1 x p x p tubelet is a 2D patch embedding applied to every frame
         self.patch_embed = TubeletEmbed(num_frames, img_size, patch_size, 1, in_chans, embed_dim, stem_widths)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
-        self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        # the paper's space-only model has no time embedding, so its files have none to load
+        paper_space = attention == "space" and space_variant == "paper"
+        self.time_embed = None if paper_space else nn.Parameter(torch.zeros(1, num_frames, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         block_args = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
         rates = calculate_drop_path_rates(drop_path_rate, depth)
@@ -144,7 +166,8 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        init_transformer_weights(self, (self.pos_embed, self.cls_token, self.time_embed))
+        embeddings = (self.pos_embed, self.cls_token, self.time_embed)
+        init_transformer_weights(self, [param for param in embeddings if param is not None])
         for block in self.blocks:
             if isinstance(block, DividedSpaceTimeBlock):  # the temporal branch starts silent
                 nn.init.zeros_(block.temporal_fc.weight)
@@ -152,7 +175,7 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "time_embed"}
+        return {"pos_embed", "cls_token"} | ({"time_embed"} if self.time_embed is not None else set())
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -164,7 +187,9 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         batch, frames, num_patches, dim = patches.shape
         patches = patches + self.pos_embed[:, None, 1:]  # the same spatial position in every frame
         cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
-        patches = self.pos_drop(patches + self.time_embed[:, :, None])  # (1, T, 1, D): which frame a patch is from
+        if self.time_embed is not None:
+            patches = patches + self.time_embed[:, :, None]  # (1, T, 1, D): which frame a patch is from
+        patches = self.pos_drop(patches)
         if self.attention == "divided":
             cls = cls.expand(batch, -1, -1)
             for block in self.blocks:
@@ -178,7 +203,11 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         tokens = torch.cat([cls.expand(batch, frames, 1, dim), patches], dim=2)  # (B, T, 1 + N, D): frame by frame
         for block in self.blocks:
             tokens = self.run_block(block, tokens)
-        return self.norm(tokens)[:, :, 0].mean(dim=1)  # each frame's CLS, averaged
+        if self.space_variant == "paper":
+            # the paper's code averages every token over the frames, norms them and keeps the CLS; the norm acts on
+            # each token alone, so averaging only the frames' CLS tokens gives the same feature
+            return self.norm(tokens[:, :, 0].mean(dim=1))
+        return self.norm(tokens)[:, :, 0].mean(dim=1)  # each frame's normed CLS, averaged
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(x))
@@ -187,16 +216,51 @@ class TimeSformer(CheckpointedBlocks, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer) -> dict[str, torch.Tensor]:
-    """A TimeSformer state dict from a 2D ViT one (timm layout), or a TimeSformer one passed through.
+def is_image_vit_state(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict (fovea's keys) is a 2D ViT's: a 4-D patch kernel and nothing temporal.
 
-    The patch embedding becomes a 1-frame tubelet, spatial position embeddings are resized to the model's grid,
-    and each divided block's temporal attention and norm start as copies of its spatial ones (as the paper's code
-    does), with ``temporal_fc`` at zero; the time embedding keeps its initialisation (zeros).
+    A TimeSformer file with a 2D patch kernel (the paper's repository builds its patch embedding as a Conv2d) has a
+    time embedding or temporal attention, and must not be taken for one: inflating it would overwrite both.
+    """
+    patch = state_dict.get("patch_embed.proj.weight")
+    if patch is None or patch.dim() != 4 or "time_embed" in state_dict:
+        return False
+    return not any(".temporal_" in key for key in state_dict)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: TimeSformer) -> dict[str, torch.Tensor]:
+    """A TimeSformer state dict (fovea's keys) fitted to ``model``, or one made from a 2D ViT's (timm layout).
+
+    A TimeSformer's: a 2D patch kernel becomes a 1-frame tubelet, the spatial position embeddings are resized to
+    the model's grid and the time embedding to its clip length; anything else is left to the strict key check.
+    A 2D ViT's (``is_image_vit_state``): the patch embedding becomes a 1-frame tubelet, spatial position embeddings
+    are resized, and each divided block's temporal attention and norm start as copies of its spatial ones (as the
+    paper's code does), with ``temporal_fc`` and the time embedding (where the model has one) at zero.
     """
     state_dict = state_dict.get("model", state_dict)
-    if state_dict.get("patch_embed.proj.weight", torch.zeros(0)).dim() != 4:
-        return state_dict
+    if is_image_vit_state(state_dict):
+        return _from_image_vit(state_dict, model)
+    out = dict(state_dict)
+    patch = out.get("patch_embed.proj.weight")
+    if patch is not None and patch.dim() == 4 and not model.patch_embed.has_stem:
+        out["patch_embed.proj.weight"] = patch.unsqueeze(2)
+    pos = out.get("pos_embed")
+    if pos is not None and pos.dim() == 3 and pos.shape[1] != model.pos_embed.shape[1]:
+        out["pos_embed"] = torch.cat([pos[:, :1], resize_pos_grid(pos[:, 1:], model.patch_embed.grid[1:])], dim=1)
+    time = out.get("time_embed")
+    if time is not None and model.time_embed is not None and time.dim() == 3 and time.shape[1] != model.num_frames:
+        out["time_embed"] = resize_time_embed(time, model.num_frames)
+    return out
+
+
+def resize_time_embed(time_embed: torch.Tensor, frames: int) -> torch.Tensor:
+    """A time embedding ``(1, T, D)`` for ``frames`` steps: nearest-neighbour in time, as the paper's code resizes
+    it when it loads weights for another clip length (``timesformer/models/helpers.py``, ``load_pretrained``)."""
+    resized = F.interpolate(time_embed.transpose(1, 2).float(), size=frames, mode="nearest")
+    return resized.transpose(1, 2).to(time_embed.dtype)
+
+
+def _from_image_vit(state_dict: dict[str, torch.Tensor], model: TimeSformer) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.startswith("patch_embed.") and model.patch_embed.has_stem:
@@ -272,7 +336,8 @@ def timesformer_base_8x224_joint(pretrained: bool = False, **kwargs: Any) -> Tim
 
 @register_video_model
 def timesformer_base_8x224_space(pretrained: bool = False, **kwargs: Any) -> TimeSformer:
-    """TimeSformer, space-only attention: ViT-B on every frame, CLS averaged over frames."""
+    """TimeSformer, space-only attention as the paper's code: ViT-B on every frame, no time embedding, the frames'
+    tokens averaged before the final norm (``space_variant="timed"`` for fovea's earlier, frame-order aware one)."""
     return _create("timesformer_base_8x224_space", pretrained, **{**_BASE, "attention": "space", **kwargs})
 
 
@@ -302,7 +367,7 @@ def timesformer_micro_joint(pretrained: bool = False, **kwargs: Any) -> TimeSfor
 
 @register_video_model
 def timesformer_micro_space(pretrained: bool = False, **kwargs: Any) -> TimeSformer:
-    """Space-only attention, micro size."""
+    """Space-only attention, micro size, as the paper's code (``space_variant="paper"``: no time embedding)."""
     return _create("timesformer_micro_space", pretrained, **{**_MICRO, "attention": "space", **kwargs})
 
 

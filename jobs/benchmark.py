@@ -4,6 +4,7 @@ python jobs/benchmark.py                                   # GPU: ViT-B/16 bs256
 python jobs/benchmark.py --model swin_tiny_patch4_window7_224 --batch-size 256
 python jobs/benchmark.py --model mvit_base_16x4 --batch-size 16 train.grad_checkpointing=true
 python jobs/benchmark.py --ingest-only --workers 2          # the data path alone: Ray Data against a DataLoader
+python jobs/benchmark.py --ingest-only --model mvit_base_16x4 --backends-only data.path=PREPARED   # video decoders
 python jobs/benchmark.py data.jpeg_decode=device            # JPEGs decoded on the GPU (nvJPEG)
 
 Both paths run in this one process's run, on the same device, with the same model, batch and precision; the
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ingest-only", action="store_true", help="only the data path: Ray Data vs a DataLoader")
     parser.add_argument("--workers", type=int, default=0, help="ingest: Ray CPUs = DataLoader processes (0 = all)")
     parser.add_argument("--rounds", type=int, default=1, help="ingest: turns each path takes (ratios are medians)")
+    parser.add_argument(
+        "--backends",
+        default="decord,pyav,torchcodec",
+        help="ingest of videos: decoders compared on the same clips (clips/s, CPU s per clip); 'none' skips it",
+    )
+    parser.add_argument("--backends-only", action="store_true", help="ingest of videos: only the decoder comparison")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
@@ -107,13 +114,38 @@ def ingest(cfg, args: argparse.Namespace) -> dict:  # noqa: ANN001
     import math
 
     from fovea.benchmark import benchmark_dataset
+    from fovea.config import ConfigError
     from fovea.data import load_manifest
-    from fovea.data.bench import format_ingest, run_benchmark
+    from fovea.data.bench import compare_backends, format_backends, format_ingest, run_benchmark
+    from fovea.data.video import VIDEO_BACKENDS
 
     data_dir = cfg.data.path or benchmark_dataset(cfg, samples=cfg.data.batch_size * args.steps, val_samples=8)
     manifest = load_manifest(data_dir)
     kind = manifest.get("kind", "image")
     workers = args.workers or os.cpu_count() or 1
+    count = manifest["splits"]["train"]["count"]
+    if args.backends_only and kind != "video":
+        raise ConfigError(f"--backends-only compares video decoders; {data_dir} holds images")
+    backends = [] if args.backends == "none" or kind != "video" else args.backends.split(",")
+    unknown = sorted(set(backends) - set(VIDEO_BACKENDS))
+    if unknown:
+        raise ConfigError(f"--backends: unknown video backend(s) {', '.join(unknown)}: expected {VIDEO_BACKENDS}")
+    decoders = {}
+    if backends:
+        table = compare_backends(
+            manifest,
+            cfg.data,
+            img_size=cfg.model.img_size,
+            backends=backends,
+            workers=workers,
+            passes=max(1, args.epochs),
+            rounds=args.rounds,
+        )
+        spec = f"{cfg.data.num_frames}x{cfg.data.frame_interval} {cfg.data.sampling} clips of {cfg.model.img_size} px"
+        print(format_backends(table, where=str(data_dir), rows=count, workers=workers, spec_text=spec), flush=True)
+        decoders = {"backends": table}
+    if args.backends_only:
+        return {**decoders, "rows": count}
     results = run_benchmark(
         manifest,
         cfg.data,
@@ -123,14 +155,16 @@ def ingest(cfg, args: argparse.Namespace) -> dict:  # noqa: ANN001
         epochs=max(2, args.epochs),
         rounds=args.rounds,
     )
-    count = manifest["splits"]["train"]["count"]
     print(
         format_ingest(results, kind=kind, where=str(data_dir), rows=count, workers=workers, batch=cfg.data.batch_size)
     )
-    results["rows"] = count
+    results.update(decoders, rows=count)
     results["steps_per_epoch"] = math.floor(count / cfg.data.batch_size)
     return results
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fovea.jobs import run_stoppable
+
+    # Ctrl-C, SIGTERM: one line, exit 130/143
+    sys.exit(run_stoppable("benchmark", main, on_stop="no figures were written"))

@@ -105,4 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fovea.jobs import run_stoppable
+
+    # Ctrl-C, SIGTERM: one line, exit 130/143
+    sys.exit(run_stoppable("bench_ingest", main, on_stop="no figures were written"))

@@ -62,20 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         from fovea.data.demo import make_demo_images as make
 
         what = f"images ({len(classes)} classes, {args.size}x{args.size} JPEG)"
+    counts = f"{len(classes) * args.train_per_class} train + {len(classes) * args.val_per_class} val {what}"
+    print(f"making {counts} in {args.out} ...", flush=True)
     start = time.perf_counter()
     try:
         out = make(args.out, **common)
     except (FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {len(classes) * args.train_per_class} train + {len(classes) * args.val_per_class} val {what} to {out} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
+    print(f"wrote {counts} to {out} in {time.perf_counter() - start:.1f} s")
     if args.kind == "images":
         print(f"next: python pipelines/prepare_images.py {out} OUT")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fovea.data.write import STOPPED_PREPARATION
+    from fovea.jobs import run_stoppable
+
+    # Ctrl-C, SIGTERM: one line, exit 130/143
+    sys.exit(run_stoppable("make_demo_data", main, on_stop=STOPPED_PREPARATION))

@@ -36,13 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "every size",
     )
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of shrunk images")
+    from fovea.data.check import DEFAULT_MAX_FILE_MB
+    from fovea.data.write import add_output_arguments
+
     parser.add_argument(
         "--max-file-mb",
         type=float,
-        default=64.0,
-        help="reject files larger than this (MiB) without reading them",
+        default=DEFAULT_MAX_FILE_MB,
+        help="reject files larger than this (MiB) without reading them (default: %(default)s)",
     )
-    from fovea.data.write import add_output_arguments
 
     add_output_arguments(parser)
     return parser.parse_args(argv)
@@ -57,32 +59,38 @@ def main(argv: list[str] | None = None) -> int:
 
     from fovea.data import prepare_images
     from fovea.data.manifest import describe_manifest, summary_lines
+    from fovea.data.write import script_console
 
     start = time.perf_counter()
-    try:
-        # All argument, SRC-layout and OUT checks happen inside before Ray starts.
-        manifest = prepare_images(
-            args.src,
-            args.out,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            shard_rows=args.shard_rows,
-            max_side=args.max_side,
-            jpeg_quality=args.jpeg_quality,
-            max_file_mb=args.max_file_mb,
-            overwrite=args.overwrite,
-            num_cpus=args.num_cpus,
-            dedup=args.dedup,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with script_console(args.verbose):
+        try:
+            # All argument, SRC-layout and OUT checks happen inside before Ray starts.
+            manifest = prepare_images(
+                args.src,
+                args.out,
+                val_fraction=args.val_fraction,
+                seed=args.seed,
+                shard_rows=args.shard_rows,
+                max_side=args.max_side,
+                jpeg_quality=args.jpeg_quality,
+                max_file_mb=args.max_file_mb,
+                overwrite=args.overwrite,
+                num_cpus=args.num_cpus,
+                dedup=args.dedup,
+            )
+        except (FileNotFoundError, FileExistsError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
-    print(f"prepared {args.out} in {time.perf_counter() - start:.1f} s")
-    print(describe_manifest(manifest))
-    print("\n".join(summary_lines(manifest)))
+        print(f"prepared {args.out} in {time.perf_counter() - start:.1f} s")
+        print(describe_manifest(manifest))
+        print("\n".join(summary_lines(manifest)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fovea.data.write import STOPPED_PREPARATION
+    from fovea.jobs import run_stoppable
+
+    # Ctrl-C, SIGTERM: one line, exit 130/143
+    sys.exit(run_stoppable("prepare_images", main, on_stop=STOPPED_PREPARATION))

@@ -44,13 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="pad",
         help="short videos: keep them (clips loop over their frames) or reject them",
     )
+    from fovea.data.prepare_video import DEFAULT_MAX_VIDEO_MB
+    from fovea.data.write import add_output_arguments
+
     parser.add_argument(
         "--max-file-mb",
         type=float,
-        default=512.0,
-        help="reject files larger than this (MiB) without reading them",
+        default=DEFAULT_MAX_VIDEO_MB,
+        help="reject files larger than this (MiB) without reading them (default: %(default)s)",
     )
-    from fovea.data.write import add_output_arguments
 
     add_output_arguments(parser)
     return parser.parse_args(argv)
@@ -65,36 +67,42 @@ def main(argv: list[str] | None = None) -> int:
 
     from fovea.data import prepare_videos
     from fovea.data.manifest import describe_manifest, summary_lines
+    from fovea.data.write import script_console
 
     storage = "reference" if args.by_reference else "decoded" if args.pre_decode else "encoded"
     start = time.perf_counter()
-    try:
-        # All argument, SRC-layout and OUT checks happen inside before Ray starts.
-        manifest = prepare_videos(
-            args.src,
-            args.out,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            shard_rows=args.shard_rows,
-            storage=storage,
-            min_frames=args.min_frames,
-            too_short=args.too_short,
-            pre_decode_size=args.pre_decode_size,
-            pre_decode_frames=args.pre_decode_frames,
-            overwrite=args.overwrite,
-            num_cpus=args.num_cpus,
-            dedup=args.dedup,
-            max_file_mb=args.max_file_mb,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    with script_console(args.verbose):
+        try:
+            # All argument, SRC-layout and OUT checks happen inside before Ray starts.
+            manifest = prepare_videos(
+                args.src,
+                args.out,
+                val_fraction=args.val_fraction,
+                seed=args.seed,
+                shard_rows=args.shard_rows,
+                storage=storage,
+                min_frames=args.min_frames,
+                too_short=args.too_short,
+                pre_decode_size=args.pre_decode_size,
+                pre_decode_frames=args.pre_decode_frames,
+                overwrite=args.overwrite,
+                num_cpus=args.num_cpus,
+                dedup=args.dedup,
+                max_file_mb=args.max_file_mb,
+            )
+        except (FileNotFoundError, FileExistsError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
-    print(f"prepared {args.out} ({storage} videos) in {time.perf_counter() - start:.1f} s")
-    print(describe_manifest(manifest))
-    print("\n".join(summary_lines(manifest)))
+        print(f"prepared {args.out} ({storage} videos) in {time.perf_counter() - start:.1f} s")
+        print(describe_manifest(manifest))
+        print("\n".join(summary_lines(manifest)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fovea.data.write import STOPPED_PREPARATION
+    from fovea.jobs import run_stoppable
+
+    # Ctrl-C, SIGTERM: one line, exit 130/143
+    sys.exit(run_stoppable("prepare_videos", main, on_stop=STOPPED_PREPARATION))

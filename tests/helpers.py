@@ -87,3 +87,52 @@ def logits_in_frame_orders(name: str, num_frames: int, *orders: list[int]) -> li
     clips = torch.randn(2, 3, num_frames, 32, 32)
     with torch.no_grad():
         return [model(clips), *(model(clips[:, :, torch.tensor(order)]) for order in orders)]
+
+
+def check_per_class_records(client: Any, run_id: str, dataset: Path, folder: Path) -> dict[str, Any]:
+    """Assert a finished training run's per-class records: ``val_recall/<class>`` and ``val_balanced_acc`` every
+    epoch (the balanced accuracy the mean of the recalls), the confusion matrix (PNG + CSV) of the last validation
+    summing to its ``val_samples``, ``per_class.csv``, the misclassified gallery when there were mistakes, and the
+    dataset as the run's input (digest = manifest hash). Returns ``{"confusion": rows, "epochs": n}``."""
+    import csv
+    import io
+
+    from fovea.data import load_manifest, manifest_hash
+
+    manifest = load_manifest(dataset)
+    classes = manifest["classes"]
+    epochs = [m.step for m in client.get_metric_history(run_id, "val_top1")]
+    balanced = client.get_metric_history(run_id, "val_balanced_acc")
+    assert [m.step for m in balanced] == epochs
+    recalls = {name: client.get_metric_history(run_id, f"val_recall/{name}") for name in classes}
+    for name, history in recalls.items():
+        assert [m.step for m in history] == epochs, name
+    last = [history[-1].value for history in recalls.values()]
+    assert balanced[-1].value == pytest_approx(sum(last) / len(last))
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"confusion_matrix.png", "confusion_matrix.csv", "per_class.csv"} <= artifacts, artifacts
+    local = Path(client.download_artifacts(run_id, "confusion_matrix.csv", str(folder)))
+    table = list(csv.reader(io.StringIO(local.read_text())))
+    assert table[0][1:] == classes and [row[0] for row in table[1:]] == classes
+    confusion = [[int(value) for value in row[1:]] for row in table[1:]]
+    assert sum(map(sum, confusion)) == client.get_metric_history(run_id, "val_samples")[-1].value
+    for index, name in enumerate(classes):
+        row = confusion[index]
+        assert recalls[name][-1].value == pytest_approx(100.0 * row[index] / sum(row)), name
+    mistakes = sum(map(sum, confusion)) - sum(confusion[i][i] for i in range(len(classes)))
+    assert ("misclassified.png" in artifacts) == (mistakes > 0)
+    if mistakes:
+        gallery = Path(client.download_artifacts(run_id, "misclassified.png", str(folder)))
+        assert gallery.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest == manifest_hash(dataset)
+    tags = {tag.key: tag.value for tag in inputs[0].tags}
+    assert tags["mlflow.data.context"] == "training"
+    assert tags["fovea.val_rows"] == str(manifest["splits"]["val"]["count"])
+    return {"confusion": confusion, "epochs": len(epochs)}
+
+
+def pytest_approx(value: float) -> Any:
+    import pytest
+
+    return pytest.approx(value, abs=1e-6)

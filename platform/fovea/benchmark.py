@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from fovea.config import Config, build_config, set_path
+from fovea.console import format_rate
 from fovea.models import create_model, is_video_model
 from fovea.train.build import enable_grad_checkpointing
 from fovea.train.device import autocast_dtype, compile_enabled, configure_device, peak_memory_mb
@@ -292,8 +293,9 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for path in report["paths"]:
         lines.append(
-            f"  {path['name']:<16} {path['samples_per_s']:10.1f} samples/s | MFU {100 * path['mfu']:5.1f}% | "
-            f"peak memory {path['peak_memory_mb']:8.0f} MiB | {path['samples']} samples in {path['seconds']:.2f} s"
+            f"  {path['name']:<16} {format_rate(path['samples_per_s']):>10} samples/s | "
+            f"MFU {100 * path['mfu']:5.1f}% | peak memory {path['peak_memory_mb']:8.0f} MiB | "
+            f"{path['samples']} samples in {path['seconds']:.2f} s"
         )
     if "ratio" in report:
         lines.append(f"  ratio fovea / plain loop: {report['ratio']:.3f}")

@@ -210,7 +210,7 @@ def teacher_kind(spec: str) -> Literal["registry", "file", "name"]:
 
 
 def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> LoadedTeacher:
-    """A teacher from a fovea training checkpoint (``checkpoint.pt`` or the folder holding it).
+    """A teacher from a fovea training checkpoint (``checkpoint.pt`` or the folder holding it) or a model folder.
 
     ``num_classes`` is only used for checkpoints that do not record their classes (``<= 0``: unknown).
 
@@ -219,10 +219,15 @@ def load_teacher_file(path: str | Path, *, num_classes: int, img_size: int) -> L
     ``distill.teacher_checkpoint``.
     """
     from fovea.checkpoints import CHECKPOINT_FILE
+    from fovea.model_folder import is_model_dir
     from fovea.sources import NotACheckpoint, load_checkpoint_model
 
     given = str(path)
     path = Path(path).expanduser()
+    if is_model_dir(path):  # a downloaded or imported model (`fovea models download`, `fovea weights import --out`)
+        from fovea.sources import load_folder_model
+
+        return teacher_of(load_folder_model(path, given))
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():

@@ -36,3 +36,12 @@ def checkpoint_create_args(state: dict[str, Any], config: dict[str, Any], *, num
     if isinstance(recorded, dict):
         return {**recorded, "num_classes": num_classes}
     return create_args_of(config["model"], config.get("data", {}), num_classes=num_classes)
+
+
+def checkpoint_normalization(state: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The input mean and std a training checkpoint's run normalised with (recorded since start weights can bring
+    their own, which the architecture's preset does not know), or None for a checkpoint that predates them."""
+    recorded = state.get("normalization")
+    if isinstance(recorded, dict) and recorded.get("mean") and recorded.get("std"):
+        return [float(v) for v in recorded["mean"]], [float(v) for v in recorded["std"]]
+    return None

@@ -22,6 +22,8 @@ SourceKind = Literal["registry", "checkpoint", "folder", "name"]
 
 _ALIAS_SHORTHAND = re.compile(r"^[^/@\s]+@[\w.-]+$")  # NAME@ALIAS, without models:/
 INPUT_KEYS = ("img_size", "mean", "std", "crop_pct", "alpha_background", "num_frames", "frame_interval", "sampling")
+# the training recipe's flip probability and test-time views: the evaluation job's multi-view defaults
+RECIPE_VIEW_KEYS = ("hflip", "num_spatial_crops", "num_temporal_clips")
 
 
 @dataclass
@@ -124,7 +126,7 @@ def resolve_path_source(spec: str) -> tuple[Literal["checkpoint", "folder"], Pat
 
 
 def _recorded_inputs(info: dict[str, Any]) -> dict[str, Any]:
-    return {key: info[key] for key in INPUT_KEYS if info.get(key) is not None}
+    return {key: info[key] for key in INPUT_KEYS + RECIPE_VIEW_KEYS if info.get(key) is not None}
 
 
 def _statistics(module: nn.Module) -> dict[str, list[float]]:
@@ -173,13 +175,17 @@ def load_checkpoint_model(path: Path, source: str, *, num_classes: int = 0) -> L
     classes = list(classes) if classes else None
     data_cfg = config.get("data") or {}
     model_cfg = config["model"]
-    statistics = _statistics(module)
+    from fovea.recipe import checkpoint_normalization
+
+    recorded = checkpoint_normalization(state)
+    statistics = {"mean": recorded[0], "std": recorded[1]} if recorded else _statistics(module)
     inputs: dict[str, Any] = {
         "img_size": model_cfg.get("img_size"),
         "mean": list(data_cfg.get("mean") or statistics["mean"]),
         "std": list(data_cfg.get("std") or statistics["std"]),
         "crop_pct": data_cfg.get("crop_pct"),
         "alpha_background": data_cfg.get("alpha_background"),
+        **{key: data_cfg.get(key) for key in RECIPE_VIEW_KEYS},
     }
     if is_video_model(name):
         inputs.update({key: data_cfg.get(key) for key in ("num_frames", "frame_interval", "sampling")})
@@ -308,7 +314,7 @@ def _head_size(name: str, checkpoint: str) -> int:
     """The number of classes a model's weights were trained for (its classifier's rows)."""
     from timm.models import get_pretrained_cfg_value
 
-    from fovea.models.factory import read_state_dict
+    from fovea.weights import read_state_dict
 
     classifier = get_pretrained_cfg_value(name, "classifier") or "head"
     if not checkpoint:
@@ -340,8 +346,8 @@ def load_named_model(
     module = create_model(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained)
     if checkpoint:
         loaded = load_weights(module, Path(checkpoint).expanduser())
-        if loaded["skipped"] or loaded["missing"]:
-            keys = ", ".join((loaded["skipped"] + loaded["missing"])[:4])
+        if loaded.reset_head:
+            keys = ", ".join(loaded.reset_head[:4])
             raise ValueError(f"{checkpoint}: its classifier does not fit {num_classes} classes ({keys})")
     return LoadedModel(
         module=module.eval(),
@@ -352,6 +358,40 @@ def load_named_model(
         classes=None,
         inputs=_statistics(module),
     )
+
+
+def start_weights_path(spec: str, tracking_uri: str) -> Path:
+    """The local weights a ``model.checkpoint`` names: the path itself, or for ``models:/NAME@ALIAS`` (or
+    ``/VERSION``, or ``NAME@ALIAS``) the version's pickle-free folder, downloaded once per node into
+    ``$FOVEA_HOME/registry/NAME/vVERSION`` (an interrupted download never leaves a folder there).
+
+    Raises:
+        ValueError: one line: a name, version or alias the registry does not have, or no pickle-free copy.
+    """
+    import os
+
+    from fovea.paths import fovea_home
+
+    kind, value = source_kind(spec)
+    if kind == "path":
+        return Path(value).expanduser()
+    from fovea.track import download_registered_model, registered_version
+
+    cache = fovea_home() / "registry"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", value.removeprefix("models:/").split("/")[0].split("@")[0])
+    final = cache / name / f"v{registered_version(value, tracking_uri)}"
+    if (final / "weights.pt").is_file():  # this node has it already (the driver's check, another worker)
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
+        folder, _ = download_registered_model(value, tracking_uri, tmp)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(folder, final)  # atomic: another worker on this node may have just done the same
+        except OSError:
+            if not (final / "weights.pt").is_file():
+                raise
+    return final
 
 
 def load_model(spec: str, tracking_uri: str) -> LoadedModel:

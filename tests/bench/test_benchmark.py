@@ -40,6 +40,7 @@ def keep_torch_threads():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # `pytest -m long` (a Ray Train run and a plain loop: not in the default run)
 def test_benchmark_plain_loop_against_the_full_path_with_device_decoding(
     ray_local, tmp_path, capsys, keep_torch_threads
 ):

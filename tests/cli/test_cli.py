@@ -368,3 +368,22 @@ def test_render_table_aligns_truncates_and_formats():
     header, row = render_table(rows, columns).splitlines()
     assert row.split() == ["a-very-lo…", "95.50", "2026-01-02", "-"]
     assert header.index("top1") + len("top1") == row.index("95.50") + len("95.50")  # right-aligned under the header
+
+
+def test_listing_imports_neither_torch_nor_ray(store):
+    """``fovea runs list`` / ``models list`` stay quick: no torch, Ray or the model code is imported for them, nor
+    MLflow for a SQLite store listed without a filter (``fovea.track.fast_browse`` reads its tables)."""
+    script = (
+        "import json, sys\n"
+        "from fovea.cli import main\n"
+        f"codes = [main(['runs', 'list', '--tracking-uri', {store.uri!r}]),"
+        f" main(['models', 'list', '--tracking-uri', {store.uri!r}])]\n"
+        "heavy = ('torch', 'ray', 'timm', 'torchvision', 'fovea.models', 'mlflow')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert "vit-run-2" in done.stdout and NAME in done.stdout  # both listings printed
+    assert json.loads(lines[-1]) == {"codes": [0, 0], "heavy": []}

@@ -81,3 +81,25 @@ def test_the_epoch_warning_says_what_happened():
     assert missing_rows_warning(2, missing, plan, DecodeFailures()).endswith(
         ": a shard file failed to read (Ray Data's error above names it; skipped within data.max_bad_shards)"
     )
+
+
+def test_video_rows_torchcodec_cannot_decode_are_counted_with_their_path(caplog, monkeypatch):
+    from fovea.data import clips
+    from fovea.data.clips import ClipSpec, DecodeClips
+
+    batch = {
+        "video": np.asarray([b"not a video" * 10], dtype=object),
+        "path": np.asarray(["/clips/broken.mp4"], dtype=object),
+        "label": np.asarray([3]),
+        "num_frames": np.asarray([8]),
+        "backend": np.asarray(["torchcodec"], dtype=object),  # only TorchCodec read it when it was prepared
+    }
+    decode = DecodeClips(ClipSpec(img_size=8, num_frames=2), train=True, backend="decord")
+    sent = []
+    monkeypatch.setattr(clips, "flush_batch", lambda: sent.append(flush_batch()))
+    with caplog.at_level(logging.WARNING, logger="fovea.data.decode_failures"):
+        out = decode(batch)
+    assert out["video"].shape == (0, 3, 2, 8, 8) and out["label"].tolist() == []
+    assert "skipping video /clips/broken.mp4: it does not decode (not a readable video (" in caplog.text
+    assert [(failures.rows, failures.first_path) for failures in sent] == [(1, "/clips/broken.mp4")]
+    assert sent[0].first_reason.startswith("not a readable video (Failed to open input buffer: ")  # TorchCodec's

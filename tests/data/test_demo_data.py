@@ -83,5 +83,7 @@ def test_script_writes_images(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "wrote 8 train + 8 val images" in result.stdout
+    first, last = result.stdout.splitlines()[:2]
+    assert first == f"making 8 train + 8 val images (8 classes, 16x16 JPEG) in {out} ..."  # said before it starts
+    assert last.startswith("wrote 8 train + 8 val images (8 classes, 16x16 JPEG) to ")
     assert len(list(out.rglob("*.jpg"))) == 16

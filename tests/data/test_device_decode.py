@@ -117,3 +117,68 @@ def test_empty_batches_and_config_checks():
     assert build_config([{"data": {"jpeg_decode": "device"}}]).data.jpeg_decode == "device"
     with pytest.raises(ConfigError, match="RandAugment"):
         build_config([{"data": {"jpeg_decode": "device", "randaugment_ops": 2}}])
+
+
+# --- data.video_decode=device: PlanClips in the tasks, decode_clip_batch on the worker (TorchCodec on the CPU here;
+# the same code asks TorchCodec for device="cuda", NVDEC, on a GPU worker)
+
+
+@pytest.fixture(scope="module")
+def clip_rows(tmp_path_factory):
+    from video_files import write_video
+
+    from fovea.data.prepare_video import read_and_check_videos
+
+    root = tmp_path_factory.mktemp("device-clips")
+    paths = [str(root / f"{index}.mp4") for index in range(3)]
+    for index in range(3):
+        write_video(root / f"{index}.mp4", num_frames=16, size=(48, 64), gop=5, seed=index)
+    batch = {"path": paths, "label": [0, 1, 2], "class_name": ["a", "b", "c"], "split": ["train"] * 3}
+    rows = read_and_check_videos(batch).to_pydict()
+    return {
+        name: np.asarray(values, dtype=object if name in ("video", "path") else None) for name, values in rows.items()
+    }
+
+
+def test_video_clips_decoded_on_the_device_match_the_cpu_path(clip_rows):
+    from fovea.data.clips import ClipSpec, DecodeClips
+    from fovea.data.device_decode import PlanClips, decode_clip_batch
+
+    train_spec = ClipSpec(img_size=32, num_frames=4, frame_interval=2, scale=(1.1, 1.6), hflip=0.5)
+    views_spec = ClipSpec(img_size=32, num_frames=4, frame_interval=2, num_temporal_clips=2, num_spatial_crops=3)
+    for spec, train, shape in ((train_spec, True, (3, 3, 4, 32, 32)), (views_spec, False, (3, 6, 3, 4, 32, 32))):
+        planned = PlanClips(spec, train=train, seed=5)(clip_rows)
+        assert (
+            planned["indices"].shape == (3, 4 * (1 if train else 2))
+            and planned["backends"][0] == "torchcodec,decord,pyav"
+        )
+        out = decode_clip_batch(planned, num_frames=4, img_size=32, device=CPU)
+        assert out["video"].shape == shape and out["video"].dtype == torch.uint8 and out["label"].tolist() == [0, 1, 2]
+        expected = DecodeClips(spec, train=train, seed=5, backend="torchcodec")(clip_rows)["video"]
+        assert np.array_equal(out["video"].numpy(), expected)  # same frames, same crops, same flips
+
+
+def test_video_rows_the_device_cannot_decode_fall_back_or_are_skipped(clip_rows, monkeypatch, caplog):
+    from fovea.data import video
+    from fovea.data.clips import ClipSpec, DecodeClips
+    from fovea.data.device_decode import PlanClips, decode_clip_batch
+
+    spec = ClipSpec(img_size=32, num_frames=4, frame_interval=2)
+    planned = PlanClips(spec, train=False)(clip_rows)
+    planned["video"][2] = b"damaged after preparation"
+    real = video.decode_torchcodec
+
+    def fails_on_row_0(data, indices, **kwargs):
+        if data == clip_rows["video"][0]:
+            raise video.BadVideo("frames do not decode", "NVDEC refused it")
+        return real(data, indices, **kwargs)
+
+    monkeypatch.setattr(video, "decode_torchcodec", fails_on_row_0)
+    with caplog.at_level(logging.WARNING, logger="fovea.data.decode_failures"):
+        out = decode_clip_batch(planned, num_frames=4, img_size=32, device=CPU)
+    assert out["label"].tolist() == [0, 1]  # row 0 decoded by decord on the CPU, row 2 skipped and named
+    assert np.array_equal(out["video"].numpy(), DecodeClips(spec, train=False)(clip_rows)["video"][:2])
+    assert f"skipping video {clip_rows['path'][2]}: it does not decode (not a readable video (" in caplog.text
+    with pytest.raises(ConfigError, match="data.video_decode=device decodes encoded videos"):
+        PlanClips(spec, train=True, storage="decoded")
+    assert build_config([{"data": {"video_decode": "device"}}]).data.video_decode == "device"

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from fovea.data import ensure_demo_images, load_manifest, prepare_images, scan_s
 from fovea.data.check import check_image, read_and_check_images
 from fovea.data.demo import DEMO_CLASSES
 from fovea.data.prepare import run_preparation
-from fovea.data.write import check_labels
+from fovea.data.write import CheckProgress, check_labels, script_console
 from fovea.paths import fovea_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,11 +100,26 @@ def test_script_missing_src_fails_fast_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+# A line of Ray's own (its logging format, Ray Data's operator and progress lines, the driver's start-up lines).
+RAY_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\s|streaming_executor|logging_progress|execution finished|"
+    r"Started a local Ray instance|Token authentication|Running Dataset|core_worker"
+)
+
+
 def test_script_prepares_and_reports_rejected(raw_folder: tuple[Path, set[str]], tmp_path: Path) -> None:
+    """Issue 23: by default only fovea's lines (Ray's session folder named once), a progress line with the counts of
+    files checked and rejected, then the summary."""
     root, bad = raw_folder
     out = tmp_path / "prepared"
     result = _run_script(str(root), str(out), "--num-cpus", "1", "--shard-rows", "4", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if RAY_LINE.search(line)] == []
+    assert len(lines) <= 20, lines
+    assert sum(line.startswith("Ray's own logs: ") for line in lines) == 1
+    assert re.search(r"^checking \[[#.]{20}\] \d+/13 image files \| .* files/s \| [0-3] rejected", result.stdout, re.M)
+    assert re.search(r"^checked 13 image files in \d+\.\d s: 3 rejected$", result.stdout, re.M)
     assert "rejected: 3" in result.stdout
     for path in bad:
         assert path in result.stdout
@@ -111,6 +128,75 @@ def test_script_prepares_and_reports_rejected(raw_folder: tuple[Path, set[str]],
     again = _run_script(str(root), str(out), "--num-cpus", "1", timeout=30)
     assert again.returncode == 2
     assert "already holds a prepared dataset" in again.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_preparation_is_one_line_and_leaves_nothing(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C while the checks run in Ray: Python's own handler's KeyboardInterrupt was swallowed inside ``ray.get``
+    and the script ran to its end, exit 0. Now: one line, exit 130 (143 for SIGTERM), no OUT, no temporary folder."""
+    source = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for label in ("ant", "bee"):
+        (source / label).mkdir(parents=True)
+        for index in range(400):  # enough to still be checking when the signal comes
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(source / label / f"{index}.png")
+    out = tmp_path / "prepared"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    command = [sys.executable, str(SCRIPT), str(source), str(out), "--num-cpus", "1", "--shard-rows", "50"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Ray's own logs: "):  # Ray is up: the checks are next
+                time.sleep(0.5)
+                proc.send_signal(signum)
+                break
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, stdout[-2000:] + stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"prepare_images: stopped by {name}: OUT was not written (its " \
+        "temporary folder is removed): rerun the command"  # fmt: skip
+    assert "Traceback" not in stderr and "prepared 800 images" not in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither OUT nor its temporary folder
+
+
+def test_check_progress_counts_blocks_and_draws_the_renderer_line() -> None:
+    """The counts the preparation's progress line shows: plain lines at most every ``every_s``, then a summary."""
+    from fovea.console import ProgressRenderer, progress_text
+
+    now = [0.0]
+    out = io.StringIO()
+    renderer = ProgressRenderer(out, live=False, every_s=30, clock=lambda: now[0])
+    progress = CheckProgress(10, "image", renderer, clock=lambda: now[0])
+    assert progress_text(progress.info()) == "checking [....................] 0/10 image files | 0 rejected"
+    for seconds, errors in ((2.0, ["", "bad", ""]), (10.0, ["", ""]), (40.0, ["x", "", "", "", ""])):
+        now[0] = seconds
+        progress.add(pa.table({"row_id": list(range(len(errors))), "error": errors}))
+    assert (progress.checked, progress.rejected) == (10, 2)
+    assert out.getvalue().splitlines() == [
+        "checking [######..............] 3/10 image files | 1.50 files/s | 1 rejected | ETA 5 s",
+        "checking [####################] 10/10 image files | 0.25 files/s | 2 rejected",
+    ]
+    assert progress.summary() == "checked 10 image files in 40.0 s: 2 rejected"
+
+
+def test_script_console_sets_verbose_for_the_run_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fovea.console import VERBOSE_ENV, active_console, verbose_wanted
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with script_console(True):
+        assert verbose_wanted() and active_console().verbose
+    assert active_console() is None and VERBOSE_ENV not in os.environ
+    with script_console(False):
+        assert not active_console().verbose
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_images_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_args(["src", "out", "--verbose"]).verbose and not module.parse_args(["src", "out"]).verbose
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,7 +483,9 @@ def test_shard_rows_max_side_and_overwrite(ray_local, raw_folder: tuple[Path, se
 # Here rather than in test_demo_data.py so it reuses this module's Ray instance (starting Ray costs ~10 s).
 def test_ensure_demo_images_prepares_once(ray_local, capsys: pytest.CaptureFixture[str]) -> None:
     prepared = ensure_demo_images(size=16, train_per_class=3, val_per_class=1, seed=2)
-    assert "generating demo image set in" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"making the demo image set (32 images) in {prepared.parent} ..."
+    assert re.fullmatch(rf"made the demo image set in \d+\.\d s: {re.escape(str(prepared))}", printed[-1])
     assert prepared == fovea_home() / "datasets" / "demo-images-s16-n3-1-seed2" / "prepared"
     manifest = load_manifest(prepared)
     assert manifest["classes"] == sorted(DEMO_CLASSES)

@@ -221,7 +221,7 @@ def test_damaged_and_decord_unreadable_videos_are_rows_not_a_crashed_job(ray_loc
     reasons = {entry["path"].rsplit("/", 1)[1]: entry["reason"] for entry in manifest["rejected"]}
     assert set(reasons) == {"first.mp4", "middle.mp4"}
     assert reasons["first.mp4"].startswith("damaged: frames do not decode (decord: frame 0 of 40: ")
-    assert "; pyav: frame 0 of 40: " in reasons["first.mp4"]
+    assert "; pyav: frame 0 of 40: " in reasons["first.mp4"] and "; torchcodec: frame 0 of 40: " in reasons["first.mp4"]
     assert reasons["middle.mp4"].startswith("damaged: frames do not decode (decord: frame ")  # decord reads ahead
     assert "; pyav: frame 20 of 40: " in reasons["middle.mp4"]
     shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
@@ -231,7 +231,7 @@ def test_damaged_and_decord_unreadable_videos_are_rows_not_a_crashed_job(ray_loc
     assert (rows["w48.mp4"]["width"], rows["w48.mp4"]["height"], rows["w48.mp4"]["num_frames"]) == (48, 40, 12)
     notes = {entry["path"].rsplit("/", 1)[1]: entry["note"] for entry in manifest["notes"]}
     assert set(notes) == pyav_only and all(note.startswith("read with pyav: ") for note in notes.values())
-    assert manifest["video_backends"] == ["decord", "pyav"]
+    assert manifest["video_backends"] == ["decord", "pyav", "torchcodec"]
     assert "rejected: 2" in capsys.readouterr().out
 
 

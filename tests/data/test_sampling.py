@@ -1,11 +1,14 @@
-"""Clip sampling: dense windows (random in training, evenly placed views in evaluation), TSN segments, loop padding."""
+"""Clip sampling: dense windows (random in training, evenly placed views in evaluation), TSN segments, loop padding;
+and the sampled frames are the ones every video backend decodes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from video_files import write_video
 
 from fovea.data.sampling import dense_indices, segment_indices
+from fovea.data.video import decode_frames
 
 
 def test_dense_training_windows_fit_and_vary():
@@ -63,3 +66,22 @@ def test_segment_boundaries_are_exact_integers():
     bounds = [i * 122 // 14 for i in range(15)]
     assert middle.tolist() == [(bounds[i] + bounds[i + 1] - 1) // 2 for i in range(14)]
     assert middle[6] == 56  # the middle of [52, 61); the float boundaries made it [52, 60) and picked 55
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "torchcodec"])
+def test_every_backend_decodes_the_sampled_frames(tmp_path, backend):
+    long, short = (write_video(tmp_path / f"{n}.mp4", num_frames=n, gop=6, seed=n) for n in (30, 5))
+    every = {n: decode_frames(data, np.arange(n), backend="pyav") for n, data in ((30, long), (5, short))}
+    assert len({frame.tobytes() for frame in every[30]}) == 30  # every frame differs: a wrong frame would show
+    wanted = {
+        30: [
+            np.concatenate(
+                [dense_indices(30, num_frames=4, frame_interval=3, clip_index=k, num_clips=3) for k in (2, 0)]
+            ),
+            segment_indices(30, num_frames=8, rng=np.random.default_rng(1)),
+        ],
+        5: [dense_indices(5, num_frames=8, frame_interval=2), segment_indices(5, num_frames=8)],  # loop-padded
+    }
+    for frames, data in ((30, long), (5, short)):
+        for indices in wanted[frames]:
+            assert np.array_equal(decode_frames(data, indices, backend=backend), every[frames][indices]), indices

@@ -1,5 +1,5 @@
 """Streaming clips: decoding and augmentation (same transform for every frame), seeds, epochs, multi-view views and
-their evaluation, both decoders and all three storage modes."""
+their evaluation, the three decoders (decord, PyAV, TorchCodec on the CPU) and all three storage modes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from fovea.data.prepare_video import read_and_check_videos
 from fovea.train.loop import Normalize, apply_mixup, evaluate
 
 SPEC = ClipSpec(img_size=32, num_frames=4, frame_interval=2, scale=(1.1, 1.5), hflip=0.5)
+BACKENDS = pytest.mark.parametrize("backend", ["decord", "torchcodec"])  # PyAV: test_decoders_and_storage_modes_agree
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +43,15 @@ def _numpy_batch(rows: dict) -> dict[str, np.ndarray]:
     }
 
 
-def test_training_clips_are_uint8_seeded_and_vary_by_epoch(video_rows):
+@BACKENDS
+def test_training_clips_are_uint8_seeded_and_vary_by_epoch(video_rows, backend):
     batch = _numpy_batch(video_rows["encoded"])
-    decode = DecodeClips(SPEC, train=True, seed=3)
+    decode = DecodeClips(SPEC, train=True, seed=3, backend=backend)
     first = decode(batch)
     assert first["video"].shape == (6, 3, 4, 32, 32) and first["video"].dtype == np.uint8
     assert first["label"].tolist() == [0, 1, 0, 1, 0, 1]
     row = {name: values[0] for name, values in video_rows["encoded"].items()}
-    assert np.array_equal(decode.views(row, 0)[0], DecodeClips(SPEC, train=True, seed=3).views(row, 0)[0])
+    assert np.array_equal(decode.views(row, 0)[0], DecodeClips(SPEC, train=True, seed=3).views(row, 0)[0])  # decord
     assert not np.array_equal(decode.views(row, 0)[0], decode.views(row, 1)[0])  # next epoch, new clip
     assert not np.array_equal(decode.views(row, 0)[0], DecodeClips(SPEC, train=True, seed=4).views(row, 0)[0])
 
@@ -66,12 +68,13 @@ def test_one_transform_for_every_frame_of_a_clip():
     assert np.array_equal(train_clip(moving, flip, np.random.default_rng(5)), plain[..., ::-1])
 
 
-def test_evaluation_views_are_fixed_and_cover_the_video(video_rows):
+@BACKENDS
+def test_evaluation_views_are_fixed_and_cover_the_video(video_rows, backend):
     spec = ClipSpec(img_size=32, num_frames=4, frame_interval=2, num_temporal_clips=3, num_spatial_crops=3)
     batch = _numpy_batch(video_rows["encoded"])
-    views = DecodeClips(spec, train=False)(batch)["video"]
+    views = DecodeClips(spec, train=False, backend=backend)(batch)["video"]
     assert views.shape == (6, 9, 3, 4, 32, 32)
-    assert np.array_equal(views, DecodeClips(spec, train=False)(batch)["video"])  # no randomness
+    assert np.array_equal(views, DecodeClips(spec, train=False)(batch)["video"])  # no randomness; decord's pixels
     assert len({hashlib.sha1(view.tobytes()).hexdigest() for view in views[0]}) == 9
     single = DecodeClips(ClipSpec(img_size=32, num_frames=4, frame_interval=2), train=False)(batch)["video"]
     assert single.shape == (6, 3, 4, 32, 32)
@@ -88,6 +91,9 @@ def test_decoders_and_storage_modes_agree(video_rows):
     base = DecodeClips(spec, train=False)(encoded)["video"]
     assert np.array_equal(DecodeClips(spec, train=False, storage="reference")(reference)["video"], base)
     assert np.array_equal(DecodeClips(spec, train=False, backend="pyav")(encoded)["video"], base)
+    assert np.array_equal(DecodeClips(spec, train=False, backend="torchcodec")(encoded)["video"], base)
+    torchcodec = DecodeClips(spec, train=False, storage="reference", backend="torchcodec", decode_threads=0)
+    assert np.array_equal(torchcodec(reference)["video"], base)
 
 
 def test_pre_decoded_rows_sample_like_encoded_ones(video_rows):
@@ -100,13 +106,14 @@ def test_pre_decoded_rows_sample_like_encoded_ones(video_rows):
     assert np.array_equal(clips, DecodeClips(spec, train=False)(encoded)["video"])
 
 
-def test_rows_that_no_longer_decode_are_skipped(video_rows):
+@BACKENDS
+def test_rows_that_no_longer_decode_are_skipped(video_rows, backend):
     batch = _numpy_batch(video_rows["encoded"])
     batch["video"] = batch["video"].copy()
     batch["video"][1] = b"garbage"
-    out = DecodeClips(SPEC, train=True)(batch)
+    out = DecodeClips(SPEC, train=True, backend=backend)(batch)
     assert out["video"].shape[0] == 5 and out["label"].tolist() == [0, 0, 1, 0, 1]
-    empty = DecodeClips(SPEC, train=True)({name: values[1:2] for name, values in batch.items()})
+    empty = DecodeClips(SPEC, train=True, backend=backend)({name: values[1:2] for name, values in batch.items()})
     assert empty["video"].shape == (0, 3, 4, 32, 32)
 
 
@@ -122,9 +129,11 @@ def test_clips_of_files_decord_misreads_are_decoded_with_pyav(tmp_path):
     assert clips["video"].shape == (1, 3, 4, 32, 32) and clips["label"].tolist() == [1]
     del batch["backend"]  # shards made before the column: decord fails, PyAV reads it
     assert np.array_equal(DecodeClips(spec, train=False)(batch)["video"], clips["video"])
+    assert np.array_equal(DecodeClips(spec, train=False, backend="torchcodec")(batch)["video"], clips["video"])
 
 
-def test_a_clip_that_fails_mid_epoch_is_skipped_and_named(video_rows, tmp_path, caplog):
+@BACKENDS
+def test_a_clip_that_fails_mid_epoch_is_skipped_and_named(video_rows, tmp_path, caplog, backend):
     encoded = dict(video_rows["encoded"])
     gop = write_video(tmp_path / "gop.mp4", num_frames=16, gop=4)
     damaged = {
@@ -140,13 +149,13 @@ def test_a_clip_that_fails_mid_epoch_is_skipped_and_named(video_rows, tmp_path, 
     rows["label"][1] = None  # not a decoder's error, still a skipped row, never a failed task
     spec = ClipSpec(img_size=32, num_frames=4, frame_interval=1, num_temporal_clips=4)  # views over every frame
     with caplog.at_level("WARNING", logger="fovea.data.decode_failures"):
-        out = DecodeClips(spec, train=False)(_numpy_batch(rows))
+        out = DecodeClips(spec, train=False, backend=backend)(_numpy_batch(rows))
     assert out["label"].tolist() == [0, 0, 1, 0, 1]  # rows 1 and 6 skipped, the batch delivered
     assert "skipping video /data/damaged-after-preparation.mp4: it does not decode (" in caplog.text
     assert f"skipping video {encoded['path'][1]}: it does not decode (TypeError: " in caplog.text
     reference = _numpy_batch(video_rows["reference"])
     reference["path"] = np.asarray([*reference["path"][:5], str(tmp_path / "moved.mp4")], dtype=object)
-    assert DecodeClips(SPEC, train=True, storage="reference")(reference)["video"].shape[0] == 5
+    assert DecodeClips(SPEC, train=True, storage="reference", backend=backend)(reference)["video"].shape[0] == 5
 
 
 def test_stream_through_ray_data(ray_local, tmp_path):
@@ -240,11 +249,12 @@ def test_normalize_and_mixup_handle_clips():
     assert all(torch.equal(changed[:, :, 0], changed[:, :, t]) for t in range(5))  # the same box in every frame
 
 
-def test_decoder_memory_stays_flat(video_rows):
+@BACKENDS
+def test_decoder_memory_stays_flat(video_rows, backend):
     from fovea.data.bench import rss_over_decodes
 
     rows = [{name: values[i] for name, values in video_rows["encoded"].items()} for i in range(6)]
-    decode = DecodeClips(SPEC, train=True)
+    decode = DecodeClips(SPEC, train=True, backend=backend)
     trace = rss_over_decodes(rows, lambda row, count: decode.views(row, count), total=600, every=100)
     assert [count for count, _ in trace] == [0, 100, 200, 300, 400, 500, 600]
     growth = trace[-1][1] - trace[1][1]  # after the first 100 decodes have warmed the allocators
@@ -269,3 +279,12 @@ def test_ingest_benchmark_runs_both_paths_over_every_row(ray_local, video_rows, 
     assert ray_data["peak_mb"] >= ray_data["baseline_mb"] > 0
     assert [count for count, _ in results["rss_trace"]] == [0, 100, 200]
     assert results["rss_growth_mb"] == results["rss_trace"][-1][1] - results["rss_trace"][2][1]
+    # the three decoders on the same clips (one spawned process, one turn each): every clip, identical pixels
+    from fovea.data.bench import compare_backends, format_backends
+
+    table = compare_backends(manifest, cfg, img_size=32, backends=["decord", "pyav", "torchcodec"], workers=1, rounds=1)
+    assert [(row["backend"], row["clips"], row["failed"]) for row in table] == [
+        (name, train_rows, 0) for name in ("decord", "pyav", "torchcodec")
+    ]
+    assert all(row["same_as_first"] == 1.0 and row["cpu_s_per_clip"] > 0 for row in table)
+    assert "torchcodec" in format_backends(table, where="x", rows=train_rows, workers=1, spec_text="4x2")

@@ -33,5 +33,5 @@ def test_pinned_versions():
     assert torch.__version__.startswith("2.14.1") and torchvision.__version__.startswith("0.29.1")
     assert timm.__version__.startswith("1.0.")
     text = (ROOT / "pyproject.toml").read_text()
-    for pin in ('"torch==2.14.1"', '"torchvision==0.29.1"', '"ray[default,train,tune,data]==2.60.*"'):
+    for pin in ('"torch==2.14.1"', '"torchvision==0.29.1"', '"ray[default,train,tune,data,serve]==2.60.*"'):
         assert pin in text

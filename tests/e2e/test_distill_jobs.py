@@ -23,6 +23,7 @@ def _config(job: str, preset_dir: str, dataset: Path, uri: str, storage: Path, *
     return smoke_config(job, preset_dir, short_run(dataset, uri, storage, "distill-e2e"), sections)
 
 
+@pytest.mark.long  # `pytest -m long` (minutes: not in the default run)
 def test_cnn_teacher_from_the_registry_teaches_a_deit_student(dataset, tmp_path):
     uri = mlflow_store(tmp_path)
     teacher = run_training(

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # `pytest -m long` (minutes: not in the default run)
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 SCRIPT = ROOT / "cluster" / "local_cluster.sh"
@@ -56,6 +56,10 @@ def cluster(tmp_path):
         "RAY_DISABLE_USAGE_STATS": "1",
         "HEAD_CPUS": "1",  # the driver and the decoding tasks
         "WORKER_CPUS": "2",  # a training worker takes both (scaling.cpus_per_worker=2): one per worker node
+        # three Ray nodes, a tracking server and the job on 2 cores: after the node loss Ray Train removes the old
+        # worker group's placement group and waits for the GCS's answer, which took over Ray's default 60 s once
+        # (ControllerError "timeout in removing the placement group"); the cluster's processes inherit this
+        "RAY_gcs_server_request_timeout_seconds": "180",
     }
     try:
         started = subprocess.run([str(SCRIPT), "start", "--workers", "2"], env=env, capture_output=True, text=True,
@@ -148,9 +152,15 @@ def test_elastic_smoke_mvit_outlives_a_server_crash_and_a_lost_node(cluster, tmp
     assert restarting is not None and restarting.wait(timeout=120) == 0, restarting and restarting.stdout.read()
     assert server_killed and lost_node, output[-5000:]
     assert "registered     mvit_micro_8x4 version 1" in output and f"({tracking})" in output, output[-3000:]
-    # the held metrics went out when the server was back: from the sender, or (when the node loss ended that worker
-    # first) from the file it kept them in, which the restarted worker (same node) or the driver sends
-    assert "MLflow tracking store reachable again" in output or "held metrics" in output, output[-3000:]
+    # quiet under `ray job submit` too: Ray Data's lines from the cluster's processes stay off the job's log
+    ray_data = re.compile(r"execution finished in|Progress bars disabled|exclude_resources")
+    chatter = [line for line in lines if ray_data.search(line)]
+    assert not chatter, chatter[:3]
+    # A noticed outage ends with the held metrics sent when the server is back: by the sender, or (when the node loss
+    # ended that worker first) from the file it kept them in, which the restarted worker or the driver sends. A server
+    # back within the client's own retries is not noticed at all; either way no step is lost (checked below).
+    if "MLflow tracking store unreachable" in output:
+        assert "MLflow tracking store reachable again" in output or "held metrics" in output, output[-3000:]
     # Ray Train restarted from the last committed checkpoint, with one worker on the node left
     resumed = re.findall(r"resuming two-nodes from its checkpoint: epoch (\d+) with (\d) workers \(was (\d)\)", output)
     assert [(was, now) for _, now, was in resumed] == [("2", "1")], output[-5000:]

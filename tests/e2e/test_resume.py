@@ -23,7 +23,7 @@ import pytest
 from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # `pytest -m long` (minutes: not in the default run)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -107,12 +107,24 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
     # Ray Train's controller records a reported checkpoint a moment after the worker's report returns; a kill
     # before that resumes from the epoch before (correct, but not this test's point): kill once it is recorded.
     _wait_for_committed_epoch(home / "runs" / "resume-me", at_least=2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    # Ctrl-C (SIGINT to the whole process group, as a terminal sends it): the job stops its workers and its Ray,
+    # ends the MLflow run as KILLED, keeps the checkpoints, says so in one line and exits 130
+    os.killpg(first.pid, signal.SIGINT)
+    rest, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, "".join(seen[-30:]) + rest
+    last = rest.strip().splitlines()[-1]
+    assert re.fullmatch(r"train_vit: stopped by SIGINT: run resume-me stopped; MLflow run \w+ ended KILLED after "
+                        r"epoch [23]; its last checkpoint \(epoch [23]\) is kept in .*/runs/resume-me: rerun the same "
+                        r"command to resume",
+                        last), rest[-3000:]  # fmt: skip
+    client = MlflowClient(mlflow_store(tmp_path))
+    experiment_id = client.get_experiment_by_name("fovea").experiment_id
+    [killed] = client.search_runs([experiment_id], "tags.`fovea.train_name` = 'resume-me'")
+    assert killed.info.status == "KILLED" and killed.data.tags["fovea.stop_reason"] == "stopped by SIGINT"
+    assert killed.info.run_id in last
     run_dir = (home / "runs" / "resume-me").resolve()
     committed = _latest_committed_epoch(run_dir)
-    assert committed in (2, 3)  # 3 only if epoch 3 ended within the moment between the check and the kill
+    assert committed in (2, 3)  # 3 only if epoch 3 ended within the moment between the check and the interrupt
     # damage the latest checkpoint (train.keep_checkpoints=2 kept the one before it)
     latest = run_dir / _latest_committed(run_dir)["checkpoint_dir_name"].strip("/")
     previous = max(folder for folder in run_dir.glob("checkpoint_*") if folder.name < latest.name)
@@ -122,9 +134,21 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
 
     # the same run with 2 workers, half a CPU each (the other CPU decodes)
     rerun = [*command[:-1], "scaling.cpus_per_worker=0.5", "scaling.num_workers=2"]
-    second = subprocess.run(rerun, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
+    plain_progress = {**env, "FOVEA_PROGRESS_EVERY_S": "0.2"}  # a progress line every 0.2 s, not every 30 s
+    second = subprocess.run(rerun, cwd=tmp_path, env=plain_progress, capture_output=True, text=True, timeout=420)
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
+    # fovea's lines only: none of Ray's internals (they stay in Ray's session folder, named once)
+    assert output.count("Ray's own logs: ") == 1, output[-4000:]
+    internals = re.compile(
+        r"\t(INFO|WARNING|ERROR) \w+\.py:\d+ -- |core_worker\.cc|RayDeprecationWarning|Progress bars disabled"
+        r"|execution finished|worker group|Reporting training result|Checkpoint successfully|Setting up process group"
+        r"|Requesting resources|INFO mlflow|Downloading artifacts"
+    )
+    assert not [line for line in output.splitlines() if internals.search(line)], output[-4000:]
+    # the progress inside an epoch, as plain lines (no terminal here: no carriage returns)
+    steps = re.compile(r"^epoch [2-4]/4 \[[#.]{20}\] \d/5 steps \| [\d.]+ samples/s \| loss \d+\.\d{4} \| ETA ")
+    assert any(steps.match(line) for line in second.stdout.splitlines()) and "\r" not in output, second.stdout[-3000:]
     # a worker's line (Ray may put "(RayTrainWorker pid=...)" before it)
     warnings = [line[line.index("warning: ") :] for line in output.splitlines() if "warning: " in line]
     warning = next((line for line in warnings if "checkpoint.pt" in line), output[-4000:])
@@ -136,12 +160,9 @@ def test_killed_run_with_a_corrupt_latest_checkpoint_resumes_from_the_one_before
     assert not any(f"epoch {epoch}/4" in output for epoch in range(1, resumed))
 
     # one continuous MLflow run (the default store: mlflow.db in the working directory) with all four epochs
-    client = MlflowClient(mlflow_store(tmp_path))
-    runs = client.search_runs(
-        [client.get_experiment_by_name("fovea").experiment_id], "tags.`fovea.train_name` = 'resume-me'"
-    )
+    runs = client.search_runs([experiment_id], "tags.`fovea.train_name` = 'resume-me'")
     assert len(runs) == 1
-    assert runs[0].info.status == "FINISHED"
+    assert runs[0].info.status == "FINISHED" and "fovea.stop_reason" not in runs[0].data.tags
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")]
     # every epoch; the corrupt checkpoint's epoch (and one trained after it, before the kill) logged, then trained
     # again (MLflow keeps both points); nothing of the killed worker's unfinished epoch 2

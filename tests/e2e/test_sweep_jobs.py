@@ -15,7 +15,7 @@ import pytest
 from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # `pytest -m long` (minutes: not in the default run)
 ROOT = Path(__file__).resolve().parents[2]
 
 

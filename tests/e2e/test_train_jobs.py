@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from helpers import mlflow_store, prepare_colour_set, short_run, smoke_config
+from helpers import check_per_class_records, mlflow_store, prepare_colour_set, short_run, smoke_config
 from mlflow.tracking import MlflowClient
 
 from fovea.data import load_manifest
@@ -64,6 +64,7 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, one_
     assert {"training_curves.png", "config.yaml", "model_info"} <= artifacts
     curves = Path(client.download_artifacts(run.info.run_id, "training_curves.png", str(tmp_path)))
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_per_class_records(client, run.info.run_id, user_dataset, tmp_path)
 
     version = client.get_model_version("vit_micro_convstem_32", summary.registered_version)
     assert version.run_id == run.info.run_id
@@ -89,6 +90,10 @@ def test_user_folder_trains_and_lands_in_mlflow(user_dataset, tracking_uri, one_
     with torch.no_grad():
         logits = model(torch.zeros(2, 3, 32, 32))
     assert logits.shape == (2, 3)
+    from fovea.sources import load_model
+
+    recorded = load_model(f"models:/vit_micro_convstem_32/{summary.registered_version}", tracking_uri).inputs
+    assert (recorded["hflip"], recorded["num_spatial_crops"]) == (0.5, 1)  # evaluation's multi-view defaults
 
 
 def test_two_ddp_workers_match_one_and_score_the_val_set_once(user_dataset, tracking_uri, one_worker, tmp_path):
@@ -118,6 +123,8 @@ def test_two_ddp_workers_match_one_and_score_the_val_set_once(user_dataset, trac
     # Ray's equal split may drop at most one row per worker to keep the shards the same length
     scored = client.get_metric_history(two.mlflow_run_id, "val_samples")
     assert len(scored) == 3 and all(splits["val"]["count"] - 2 < m.value <= splits["val"]["count"] for m in scored)
+    # per-class counts gathered from both workers: the confusion matrix covers the val rows scored
+    assert check_per_class_records(client, two.mlflow_run_id, user_dataset, tmp_path)["epochs"] == 3
     ema_top1 = client.get_metric_history(two.mlflow_run_id, "val_top1_ema")
     assert len(ema_top1) == 3 and all(0.0 <= m.value <= 100.0 for m in ema_top1)
     assert np.isfinite(two.val_top5)

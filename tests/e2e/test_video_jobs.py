@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import mlflow_store
+from helpers import check_per_class_records, mlflow_store
 from mlflow.tracking import MlflowClient
 
 from fovea.config import ConfigError, build_config
@@ -71,11 +71,13 @@ def test_clips_train_and_report_both_evaluations(clips, tmp_path):
     assert {"val_top1", "val_mv_top1", "val_mv_top5"} <= set(run.data.metrics)
     assert run.data.metrics["val_samples"] == load_manifest(clips)["splits"]["val"]["count"] == 8
     assert run.data.params["data.num_frames"] == "4"
+    check_per_class_records(client, run.info.run_id, clips, tmp_path)  # the gallery shows clips' middle frames
 
     from fovea.sources import load_registered_model
 
     model, info = load_registered_model("models:/clip-net/1", tracking_uri)
     assert info["classes"] == ["grow", "shrink"] and info["num_frames"] == 4 and info["sampling"] == "dense"
+    assert (info["hflip"], info["num_temporal_clips"], info["num_spatial_crops"]) == (0.0, 2, 3)
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 2)
     version = client.get_model_version("clip-net", "1")
@@ -100,3 +102,40 @@ def test_mismatches_are_rejected_before_ray(clips, tmp_path):
         check_before_start(_config(data={"hflip": 0.5}))
     with pytest.raises(ConfigError, match="distill.type: distillation is implemented for image models only"):
         check_before_start(_config(distill={"type": "soft", "teacher": "vit_micro_patch4_32"}))
+
+
+def test_fine_tuning_starts_from_imported_published_weights(clips, tmp_path, capsys):
+    """transformers' TimeSformer layout, imported once (`fovea weights import`), then fine-tuned from the registry:
+    the run starts from the imported body with a fresh 2-class head and the weights' own normalisation."""
+    transformers = pytest.importorskip("transformers")
+    from fovea.cli import main
+    from fovea.sources import load_registered_model
+
+    torch.manual_seed(0)
+    config = transformers.TimesformerConfig(
+        image_size=32, patch_size=4, num_frames=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=384, num_labels=5, attention_type="divided_space_time",
+    )  # fmt: skip
+    transformers.TimesformerForVideoClassification(config).save_pretrained(tmp_path / "hf")
+    uri = mlflow_store(tmp_path)
+    imported = ["weights", "import", str(tmp_path / "hf"), "--model", "timesformer_micro_divided"]
+    assert main([*imported, "--register", "tsf-k", "--tracking-uri", uri]) == 0, capsys.readouterr()
+    base, base_info = load_registered_model("models:/tsf-k@base", uri)
+    assert base_info["create_kwargs"]["num_classes"] == 5
+
+    cfg = _config(
+        model={"name": "timesformer_micro_divided", "img_size": 32, "checkpoint": "models:/tsf-k@base"},
+        # decoded by TorchCodec in the training worker (data.video_decode=device: NVDEC on a GPU, the CPU here)
+        data={"path": str(clips), "num_frames": 8, "frame_interval": 2, "num_temporal_clips": 1}
+        | {"video_backend": "torchcodec", "video_decode": "device"},
+        optim={"lr": 1e-6},  # the body stays where the import put it, so the test can see where it started
+        train={"epochs": 1, "name": "from-import", "storage_path": str(tmp_path / "runs")},
+        track={"uri": uri, "experiment": "fine-tune", "registered_model_name": "tsf-tuned"},
+    )
+    summary = run_training(cfg)
+    assert summary.epochs == 1 and summary.registered_version == "1"
+    tuned, info = load_registered_model("models:/tsf-tuned/1", uri)
+    assert info["classes"] == ["grow", "shrink"] and info["mean"] == pytest.approx(base_info["mean"])
+    start, end = base.state_dict(), tuned.state_dict()
+    assert (start["blocks.0.temporal_attn.qkv.weight"] - end["blocks.0.temporal_attn.qkv.weight"]).abs().max() < 1e-3
+    assert start["head.weight"].shape[0] == 5 and end["head.weight"].shape[0] == 2

@@ -99,6 +99,8 @@ def registry(model, tmp_path_factory) -> dict:
     client = MlflowClient(uri, registry_uri=uri)
     run = client.create_run(ensure_experiment(uri, "training"), run_name="train-tiny")
     client.log_param(run.info.run_id, "data.crop_pct", str(CROP_PCT))
+    # trained with flips, recorded only in the run (a version registered before the metadata held the recipe)
+    client.log_param(run.info.run_id, "data.hflip", "0.5")
     classes = ["blue", "green", "red"]
     info = _info(classes)
     version = log_final_model(
@@ -192,7 +194,7 @@ def test_job_scores_a_registered_model_and_links_the_run_to_its_version(
     assert metrics["eval_top1"] == pytest.approx(expected["top1"])
     assert metrics["eval_loss"] == pytest.approx(expected["loss"], rel=1e-4)
     assert metrics["eval_count"] == 18 and metrics["eval_top5"] == 100.0
-    assert metrics["eval_views"] == 2  # the smoke preset: the centre crop and its flip
+    assert metrics["eval_views"] == 2  # the training recipe's data.hflip=0.5: the centre crop and its flip
     flipped = _expected(model, image_set, flip=True)
     assert metrics["eval_mv_top1"] == pytest.approx(flipped["top1"])
     for index, name in enumerate(["blue", "green", "red"]):
@@ -416,3 +418,45 @@ def test_multi_view_video(ray_local, tmp_path):
             confusion[true, guess] += 1
         assert np.array_equal(scores.confusion, confusion), clips
         assert scores.loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "expected"),
+    [
+        ({"hflip": 0.0, "num_spatial_crops": 3}, {}, (False, 3)),  # trained without flips: no flip views
+        ({"hflip": 0.5}, {}, (True, 1)),
+        (
+            {"hflip": 0.5, "num_spatial_crops": 3},
+            {"eval": {"flip_views": False}, "data": {"num_spatial_crops": 1}},
+            (False, 1),
+        ),
+        ({}, {}, (False, 1)),  # a model that records no recipe: the config's defaults
+    ],
+    ids=["no-flips", "flips", "explicit-options-win", "no-recipe"],
+)
+def test_multi_view_defaults_follow_the_training_recipe(model, tmp_path, recipe, overrides, expected):
+    from fovea.evaluate.job import configure_for_model
+    from fovea.sources import load_model
+
+    folder = save_model_dir(tmp_path / "model", model, {**_info(["blue", "green", "red"]), **recipe})
+    loaded = load_model(str(folder), "")
+    sections = {"eval": {"model": str(folder), **overrides.get("eval", {})}, "data": overrides.get("data", {})}
+    cfg = configure_for_model(_config(**sections), loaded)
+    assert (cfg.eval.flip_views, cfg.data.num_spatial_crops) == expected
+
+
+def test_a_video_models_recipe_sets_its_clips(tmp_path):
+    from fovea.evaluate.job import configure_for_model
+    from fovea.sources import load_model
+
+    net = create_model("c3d_micro", num_classes=2, img_size=32, num_frames=4).eval()
+    info = {
+        "model_name": "c3d_micro", "create_kwargs": {"num_classes": 2, "img_size": 32, "num_frames": 4},
+        "img_size": 32, "num_frames": 4, "mean": MEAN, "std": STD, "classes": ["grow", "shrink"],
+        "hflip": 0.0, "num_temporal_clips": 2, "num_spatial_crops": 3,
+    }  # fmt: skip
+    loaded = load_model(str(save_model_dir(tmp_path / "model", net, info)), "")
+    cfg = configure_for_model(_config(eval={"model": "x"}), loaded)
+    assert (cfg.eval.flip_views, cfg.data.num_temporal_clips, cfg.data.num_spatial_crops) == (False, 2, 3)
+    cfg = configure_for_model(_config(eval={"model": "x"}, data={"num_temporal_clips": 4}), loaded)
+    assert cfg.data.num_temporal_clips == 4  # an explicit option still wins

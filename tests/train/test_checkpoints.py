@@ -275,8 +275,8 @@ class Bomb:
 def test_pickled_objects_are_refused_everywhere_a_file_is_loaded(tmp_path):
     from fovea.distill import load_teacher
     from fovea.models import create_model, load_model_dir
-    from fovea.models.factory import read_state_dict
     from fovea.sources import load_model as load_eval_model
+    from fovea.weights import read_state_dict
 
     marker = tmp_path / "exploded"
     run = tmp_path / "run" / "checkpoint_2026-11-26_10-00-01.000000"
@@ -448,9 +448,9 @@ def _readers(path: Path) -> dict[str, tuple[object, type]]:
     """Every place a weights file given by a user is read, and the error each one raises."""
     from fovea.config import ConfigError, build_config
     from fovea.models import create_model, load_weights
-    from fovea.models.factory import read_state_dict
     from fovea.sources import load_model as load_eval_model
     from fovea.train.checks import check_before_start, load_checked_teacher
+    from fovea.weights import read_state_dict
 
     model = {"name": MODEL, "img_size": 16}
     by_name = {"type": "soft", "teacher": MODEL, "teacher_checkpoint": str(path)}
@@ -503,7 +503,7 @@ def test_weights_that_do_not_fit_the_model_are_refused_before_ray(tmp_path):
     def check(path: Path) -> None:
         check_before_start(build_config([{"model": {"name": MODEL, "img_size": 16, "checkpoint": str(path)}}]))
 
-    for path, expected in ((other, "shapes do not fit"), (renamed, "missing weights for")):
+    for path, expected in ((other, "shapes do not fit"), (renamed, "unexpected x.cls_token")):
         with pytest.raises(ConfigError) as caught:
             check(path)
         message = _one_line(caught.value)

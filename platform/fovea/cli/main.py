@@ -15,7 +15,9 @@ from typing import Any, NoReturn
 from fovea.cli.datasets import datasets_list, datasets_show
 from fovea.cli.format import CommandError
 from fovea.cli.models import models_download, models_list, models_promote, models_show, models_versions
+from fovea.cli.predict import add_predict_command
 from fovea.cli.runs import runs_compare, runs_list, runs_sync
+from fovea.cli.weights import add_weights_commands
 from fovea.errors import typed_line
 
 
@@ -40,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = _Parser(
         prog="fovea",
-        description="Browse fovea's MLflow model registry, runs and prepared datasets.",
+        description="Browse fovea's MLflow model registry, runs and prepared datasets; inspect and import weights.",
         parents=[common],
     )
-    groups = parser.add_subparsers(metavar="{models,runs,datasets}")
+    groups = parser.add_subparsers(metavar="{models,runs,datasets,weights,predict}")
 
     def command(
         subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], help_text: str
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_list.add_argument("--root", default="", help="search this folder instead")
     dataset_show = command(datasets, "show", datasets_show, "a prepared dataset's manifest, in a few lines")
     dataset_show.add_argument("path", help="the dataset folder or its manifest.json")
+    add_weights_commands(group("weights", "weights files: inspect, import into the registry"), command)
+    add_predict_command(groups, command)
     return parser
 
 

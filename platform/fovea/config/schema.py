@@ -84,7 +84,11 @@ class ModelConfig(_Section):
     name: str = Field("vit_micro_patch4_32", description="timm model name (fovea.models registers more)")
     img_size: int = Field(224, ge=8, description="input resolution (square) the model is built for")
     pretrained: bool = Field(False, description="start from timm's published weights (needs hub access)")
-    checkpoint: str = Field("", description="local weights file to start from (head resized to the dataset)")
+    checkpoint: str = Field(
+        "",
+        description="weights to start from: a file in any layout `fovea weights inspect` reads, a transformers or "
+        "fovea model folder, or models:/NAME@ALIAS (the classifier is reset to the dataset's classes)",
+    )
     window_size: int | None = Field(None, ge=1, description="Swin: attention window size (None = model default)")
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
     drop_path_rate: float = Field(0.1, ge=0, lt=1, description="stochastic depth rate")
@@ -162,8 +166,15 @@ class DataConfig(_Section):
     )
     num_temporal_clips: int = Field(5, ge=1, description="video: clips per video in multi-view evaluation")
     num_spatial_crops: int = Field(1, ge=1, description="video: crops per clip in multi-view evaluation (1 or 3)")
-    video_backend: Literal["decord", "pyav"] = Field("decord", description="video: decoder of encoded clips")
-    decode_threads: int = Field(1, ge=0, description="video: decord threads per video (0 = decord picks)")
+    video_backend: Literal["decord", "pyav", "torchcodec"] = Field(
+        "decord", description="video: decoder of encoded clips (torchcodec needs FFmpeg's shared libraries)"
+    )
+    video_decode: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="video: decode clips in Ray Data's CPU tasks, or on the training device with torchcodec (NVDEC "
+        "on a GPU; the CPU tasks only read the bytes and pick the frames)",
+    )
+    decode_threads: int = Field(1, ge=0, description="video: decoder threads per video (0 = the decoder picks)")
     demo_size: int = Field(64, ge=16, description="demo set: image side in pixels")
     demo_train_per_class: int = Field(500, ge=1, description="demo set: training images per class")
     demo_val_per_class: int = Field(100, ge=1, description="demo set: validation images per class")
@@ -235,6 +246,9 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimizer step")
     max_failures: int = Field(0, ge=-1, description="worker failures Ray Train recovers from (-1 = unlimited)")
     storage_path: str = Field("", description="where checkpoints live ('' = $FOVEA_HOME/runs; shared on clusters)")
+    verbose: bool = Field(
+        False, description="print Ray's own logs too (or FOVEA_VERBOSE=1); else they stay in Ray's session folder"
+    )
     keep_checkpoints: int = Field(
         2, ge=1, description="checkpoints kept in storage (2 or more: a resume falls back on one that is corrupt)"
     )
@@ -486,7 +500,8 @@ class Config(_Section):
 
     def recipe_hash(self) -> str:
         """A digest of what shapes the trained model: every field but where it is recorded and named (``track``,
-        ``tune``, ``eval``, ``job``, ``train.name``, ``train.storage_path``). Equal hashes: the same recipe."""
+        ``tune``, ``eval``, ``job``, ``train.name``, ``train.storage_path``, ``train.verbose``). Equal hashes: the same
+        recipe."""
         import hashlib
         import json
 
@@ -495,6 +510,7 @@ class Config(_Section):
             content.pop(section, None)
         content["train"].pop("name", None)
         content["train"].pop("storage_path", None)
+        content["train"].pop("verbose", None)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,8 +6,7 @@ preparation task, say) does not import torch and every other one with it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fovea.lazy import lazy_exports
 
 _HOMES = {
     "ClipSpec": "clips",
@@ -35,14 +34,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

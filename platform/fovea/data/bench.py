@@ -1,4 +1,5 @@
-"""Ingest benchmarks: the Ray Data path against a torch DataLoader doing the same work, and decoder memory.
+"""Ingest benchmarks: the Ray Data path against a torch DataLoader doing the same work, decoder memory, and the
+video decoders against each other on the same clips (:func:`compare_backends`).
 
 Both paths run the exact same per-row code (:class:`~fovea.data.clips.DecodeClips` or
 :class:`~fovea.data.transforms.DecodeImages` on the rows of the prepared shards) in the same number of worker
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+
+from fovea.console import format_rate
 
 
 class TreeMemory:
@@ -263,7 +266,12 @@ def _ray_round(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": its own Ray even when a `ray start` cluster runs here (which would refuse num_cpus)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
+        from fovea.console import rearm_signals
+
+        rearm_signals()  # ray.init replaced the SIGTERM handler
     try:
         configure_data_context()
         if kind == "video":
@@ -364,7 +372,8 @@ def format_ingest(results: dict[str, Any], *, kind: str, where: str, rows: int, 
         times = ", ".join(f"{seconds:.2f}" for seconds in path["epoch_seconds"])
         growth = path["peak_mb"] - path["baseline_mb"]
         lines.append(
-            f"  {path['name']:<30} {path['warm_items_per_s']:7.1f} {unit}/s warm ({path['items_per_s']:.1f} all epochs)"
+            f"  {path['name']:<30} {format_rate(path['warm_items_per_s']):>7} {unit}/s warm "
+            f"({format_rate(path['items_per_s'])} all epochs)"
             f" | epochs {times} s | first batch {path['first_batch_s']:.2f} s | peak PSS {path['peak_mb']:.0f} MiB"
             f" (+{growth:.0f} over idle)"
         )
@@ -381,4 +390,130 @@ def format_ingest(results: dict[str, Any], *, kind: str, where: str, rows: int, 
         f"  ratio Ray Data / DataLoader with persistent workers: {results['ratio_persistent']:.2f}x warm epochs, "
         f"median{spread('round_ratios_persistent')}"
     )
+    return "\n".join(lines)
+
+
+def _decode_share(args: tuple[Any, list[dict], int, int]) -> tuple[int, float, list[str]]:
+    """One process's share of :func:`compare_backends`: ``(clips, CPU seconds of this process, clip digests)``."""
+    import hashlib
+
+    decode, rows, passes, first_pass = args
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the resize runs in one thread, as in a Ray Data task on one CPU
+    start, clips, digests = time.process_time(), 0, []
+    try:
+        for execution in range(first_pass, first_pass + passes):
+            for row in rows:
+                try:
+                    clip = decode.views(row, execution)[0]
+                except Exception:  # noqa: BLE001 - a row this backend cannot decode: counted as missing, no crash
+                    digests.append("")
+                    continue
+                clips += 1
+                digests.append(hashlib.sha1(clip.tobytes()).hexdigest())
+    finally:
+        torch.set_num_threads(threads)
+    return clips, time.process_time() - start, digests
+
+
+class _InProcess:
+    """``map`` in this process, for :func:`compare_backends` with one worker."""
+
+    @staticmethod
+    def map(function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        return [function(item) for item in items]
+
+
+def compare_backends(
+    manifest: dict[str, Any],
+    data_cfg: Any,
+    *,
+    img_size: int,
+    backends: list[str],
+    workers: int,
+    passes: int = 1,
+    rounds: int = 2,
+) -> list[dict[str, Any]]:
+    """Decode the training split's clips with each backend: the same rows, the same clips (seeded per row and pass),
+    the same augmentation, in ``workers`` processes each holding a slice of the rows (after a warm-up of two rows).
+    The backends take turns, ``rounds`` times (``passes`` over the rows each turn), so a machine's drift is spread
+    over all of them.
+
+    Returns:
+        One dict per backend: ``backend``, ``clips``, ``seconds`` (wall), ``clips_per_s``, ``cpu_s_per_clip`` (the
+        workers' CPU time, decoder threads included, per clip), ``failed`` (clips that did not decode),
+        ``same_as_first`` (the share of clips identical to the first backend's, of those both decoded) and
+        ``round_clips_per_s``.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
+
+    from fovea.data.clips import DecodeClips, clip_columns, usable
+    from fovea.data.stream import clip_spec
+
+    if workers < 1 or passes < 1 or rounds < 1:
+        raise ValueError(f"workers, passes and rounds must be at least 1 (got {workers}, {passes}, {rounds})")
+    for backend in backends:
+        usable(backend)
+    columns = clip_columns(manifest)
+    shards = manifest["splits"]["train"]["shards"]
+    rows = [row for shard in shards for row in pq.read_table(shard, columns=columns).to_pylist()]
+    spec = clip_spec(data_cfg, img_size=img_size, num_frames=data_cfg.num_frames)
+    shares = [rows[index::workers] for index in range(workers)]
+    options = dict(storage=manifest.get("storage", "encoded"), decode_threads=data_cfg.decode_threads)
+    decoders = {name: DecodeClips(spec, train=True, backend=name, **options) for name in backends}
+    totals = {name: {"clips": 0, "seconds": 0.0, "cpu": 0.0, "digests": [], "rates": []} for name in backends}
+    # fresh processes (no decoder state forked from this one); a process that dies fails the run, never hangs it;
+    # one worker decodes in this process (its CPU time then includes this process's other threads, little here)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) if workers > 1 else nullcontext() as executor:
+        pool: Any = executor or _InProcess()
+        for name in backends:  # imports and each decoder's start-up, untimed
+            list(pool.map(_decode_share, [(decoders[name], share[:2], 1, 0) for share in shares]))
+        for turn in range(rounds):
+            for name in backends:
+                start = time.perf_counter()
+                work = [(decoders[name], share, passes, 1 + turn * passes) for share in shares]
+                done = list(pool.map(_decode_share, work))
+                seconds = time.perf_counter() - start
+                total, clips = totals[name], sum(count for count, _, _ in done)
+                total["clips"] += clips
+                total["seconds"] += seconds
+                total["cpu"] += sum(cpu for _, cpu, _ in done)
+                total["digests"] += [digest for _, _, share_digests in done for digest in share_digests]
+                total["rates"].append(clips / max(1e-9, seconds))
+    first = totals[backends[0]]["digests"] if backends else []
+    results = []
+    for name in backends:
+        total = totals[name]
+        both = [(a, b) for a, b in zip(first, total["digests"], strict=True) if a and b]
+        results.append(
+            {
+                "backend": name,
+                "clips": total["clips"],
+                "seconds": total["seconds"],
+                "clips_per_s": total["clips"] / max(1e-9, total["seconds"]),
+                "cpu_s_per_clip": total["cpu"] / max(1, total["clips"]),
+                "failed": sum(1 for digest in total["digests"] if not digest),
+                "same_as_first": sum(a == b for a, b in both) / max(1, len(both)),
+                "round_clips_per_s": total["rates"],
+            }
+        )
+    return results
+
+
+def format_backends(results: list[dict[str, Any]], *, where: str, rows: int, workers: int, spec_text: str) -> str:
+    """The printed table of :func:`compare_backends`."""
+    lines = [
+        f"video decoders on {where} ({rows} training rows, {workers} processes, {spec_text})",
+        f"  {'backend':<11} {'clips/s':>8} {'CPU s/clip':>11} {'clips':>6} {'failed':>6} "
+        f"{'same clips as ' + results[0]['backend']:>22}",
+    ]
+    for result in results:
+        lines.append(
+            f"  {result['backend']:<11} {format_rate(result['clips_per_s']):>8} {result['cpu_s_per_clip']:11.4f} "
+            f"{result['clips']:6d} {result['failed']:6d} {100 * result['same_as_first']:21.1f}%"
+            f"  (rounds: {', '.join(format_rate(rate) for rate in result['round_clips_per_s'])} clips/s)"
+        )
     return "\n".join(lines)

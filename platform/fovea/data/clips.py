@@ -19,6 +19,7 @@ anew. Output is uint8, a quarter of float32's bytes; the training worker normali
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from fovea.data.decode_failures import begin_batch, flush_batch, skip_row
 from fovea.data.sampling import dense_indices, segment_indices
-from fovea.data.video import backend_order, decode_frames, read_bytes
+from fovea.data.video import BackendUnavailable, backend_order, check_backend, decode_frames, read_bytes
+from fovea.errors import ConfigError
 
 SAMPLINGS = ("dense", "segment")
 STORAGES = ("encoded", "reference", "decoded")
@@ -45,7 +47,7 @@ def clip_columns(manifest: dict[str, Any]) -> list[str]:
     return CLIP_COLUMNS + (["backend"] if manifest.get(BACKENDS_KEY) else [])
 
 
-_ROW_COLUMNS = (*CLIP_COLUMNS, "backend")  # what a row handed to DecodeClips may hold
+ROW_COLUMNS = (*CLIP_COLUMNS, "backend")  # what a row handed to DecodeClips may hold
 
 
 @dataclass(frozen=True)
@@ -107,47 +109,81 @@ class ClipSpec:
         )
 
 
+def resized_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """``(height, width)`` of a frame resized so its shorter side is ``short``, aspect kept (at least ``short``)."""
+    factor = short / min(height, width)
+    return max(short, round(height * factor)), max(short, round(width * factor))
+
+
 def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
     """``(T, C, H, W)`` uint8 resized so its shorter side is ``short`` (bilinear, antialiased, aspect kept)."""
     height, width = clip.shape[-2:]
-    factor = short / min(height, width)
-    size = [max(short, round(height * factor)), max(short, round(width * factor))]
+    size = list(resized_size(height, width, short))
     if size == [height, width]:
         return clip
     return TF.resize(clip, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+def train_plan(height: int, width: int, spec: ClipSpec, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The training augmentation of one clip of ``height x width`` frames: ``(short side, top, left, flip)``."""
+    short = max(spec.img_size, round(spec.img_size * rng.uniform(*spec.scale)))
+    resized_height, resized_width = resized_size(height, width, short)
+    top = int(rng.integers(0, resized_height - spec.img_size + 1))
+    left = int(rng.integers(0, resized_width - spec.img_size + 1))
+    flip = int(spec.hflip > 0 and rng.random() < spec.hflip)
+    return short, top, left, flip
+
+
+def eval_plans(height: int, width: int, spec: ClipSpec) -> list[tuple[int, int, int, int]]:
+    """The ``num_spatial_crops`` evaluation crops of a clip: ``(short side, top, left, 0)`` squares spread along the
+    long side of the frames resized to ``img_size / crop_pct`` (one crop: the centre)."""
+    size = spec.img_size
+    short = max(size, int(size / spec.crop_pct))
+    resized_height, resized_width = resized_size(height, width, short)
+    plans = []
+    for index in range(spec.num_spatial_crops):
+        # one crop sits in the centre; several spread from one end of the long side to the other
+        fraction = 0.5 if spec.num_spatial_crops == 1 else index / (spec.num_spatial_crops - 1)
+        top, left = (resized_height - size) // 2, (resized_width - size) // 2
+        if resized_height > resized_width:
+            top = round(fraction * (resized_height - size))
+        else:
+            left = round(fraction * (resized_width - size))
+        plans.append((short, top, left, 0))
+    return plans
+
+
+def cut_clip(clip: torch.Tensor, plan: Sequence[int], size: int) -> torch.Tensor:
+    """``(T, 3, H, W)`` uint8 frames (on any device) to the ``(3, T, size, size)`` view that ``plan`` (from
+    :func:`train_plan` or :func:`eval_plans`) describes: resized, cropped and flipped alike in every frame."""
+    short, top, left, flip = (int(value) for value in plan)
+    clip = resize_short_side(clip, short)
+    clip = clip[..., top : top + size, left : left + size]
+    if flip:
+        clip = clip.flip(-1)
+    return clip.permute(1, 0, 2, 3).contiguous()
+
+
 def train_clip(frames: np.ndarray, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
     """One augmented training clip: frames ``(T, H, W, 3)`` to uint8 ``(3, T, S, S)``, one transform for all frames."""
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W): the frames are a batch to torchvision
-    short = max(spec.img_size, round(spec.img_size * rng.uniform(*spec.scale)))
-    clip = resize_short_side(clip, short)
-    height, width = clip.shape[-2:]
-    top = int(rng.integers(0, height - spec.img_size + 1))
-    left = int(rng.integers(0, width - spec.img_size + 1))
-    clip = clip[..., top : top + spec.img_size, left : left + spec.img_size]
-    if spec.hflip > 0 and rng.random() < spec.hflip:
-        clip = clip.flip(-1)
-    return clip.permute(1, 0, 2, 3).contiguous().numpy()  # (3, T, S, S)
+    return cut_clip(clip, train_plan(frames.shape[1], frames.shape[2], spec, rng), spec.img_size).numpy()
 
 
 def eval_crops(frames: np.ndarray, spec: ClipSpec) -> list[np.ndarray]:
     """The evaluation crops of one clip: ``num_spatial_crops`` uint8 ``(3, T, S, S)`` squares along the long side."""
-    size = spec.img_size
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    clip = resize_short_side(clip, max(size, int(size / spec.crop_pct)))
-    height, width = clip.shape[-2:]
-    crops = []
-    for index in range(spec.num_spatial_crops):
-        # one crop sits in the centre; several spread from one end of the long side to the other
-        fraction = 0.5 if spec.num_spatial_crops == 1 else index / (spec.num_spatial_crops - 1)
-        top, left = (height - size) // 2, (width - size) // 2
-        if height > width:
-            top = round(fraction * (height - size))
-        else:
-            left = round(fraction * (width - size))
-        crops.append(clip[..., top : top + size, left : left + size].permute(1, 0, 2, 3).contiguous().numpy())
-    return crops
+    resized = resize_short_side(clip, max(spec.img_size, int(spec.img_size / spec.crop_pct)))  # once for all crops
+    plans = eval_plans(frames.shape[1], frames.shape[2], spec)
+    return [cut_clip(resized, (min(resized.shape[-2:]), *plan[1:]), spec.img_size).numpy() for plan in plans]
+
+
+def usable(backend: str) -> None:
+    """Raise :class:`~fovea.errors.ConfigError` (a line naming the fix) when ``data.video_backend`` cannot run here."""
+    try:
+        check_backend(backend)
+    except BackendUnavailable as err:
+        raise ConfigError(f"data.video_backend={backend}: {err}") from None
 
 
 def execution_index() -> int:
@@ -180,8 +216,9 @@ class DecodeClips:
         train: random clips and augmentation, or the deterministic evaluation views.
         storage: how the shards hold videos: ``encoded`` bytes, a ``reference`` (path or URI) to the file, or
             ``decoded`` uint8 frames (``pipelines/prepare_videos.py --pre-decode``).
-        backend: ``decord`` or ``pyav`` (encoded and referenced videos): ``data.video_backend``.
-        decode_threads: decord threads per video.
+        backend: ``decord``, ``pyav`` or ``torchcodec`` (encoded and referenced videos): ``data.video_backend``;
+            torchcodec without FFmpeg's libraries is a :class:`~fovea.errors.ConfigError` naming the fix.
+        decode_threads: decoder threads per video (decord, torchcodec).
         seed: seed of the training clips and augmentation.
     """
 
@@ -198,6 +235,8 @@ class DecodeClips:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         backend_order(backend)  # an unknown backend is an error here, not a skipped row in every batch
+        if storage != "decoded":
+            usable(backend)
         self.spec, self.train, self.storage = spec, train, storage
         self.backend, self.decode_threads, self.seed = backend, decode_threads, seed
 
@@ -225,7 +264,7 @@ class DecodeClips:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         execution = execution_index() if self.train else 0
-        columns = [name for name in _ROW_COLUMNS if name in batch]
+        columns = [name for name in ROW_COLUMNS if name in batch]
         videos, labels = [], []
         begin_batch()
         for index, values in enumerate(zip(*(batch[name] for name in columns), strict=True)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -278,22 +279,30 @@ def ensure_demo_images(*, size: int = 64, train_per_class: int = 500, val_per_cl
             raw, size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed
         ),
         prepare=lambda raw, prepared: prepare_images(raw, prepared, shard_rows=500),
+        count=len(DEMO_CLASSES) * (train_per_class + val_per_class),
     )
 
 
 def ensure_prepared(
-    root: Path, kind: str, *, make: Callable[[Path], object], prepare: Callable[[Path, Path], object]
+    root: Path,
+    kind: str,
+    *,
+    make: Callable[[Path], object],
+    prepare: Callable[[Path, Path], object],
+    count: int,
 ) -> Path:
     """``root/prepared``, made on first use: ``make(root/"raw")`` writes the raw files, ``prepare`` the shards.
 
-    Safe when several processes ask at once: both steps build in temporary folders renamed into place, and a
-    process that loses the race uses the winner's complete folder.
+    Says so in one line when it starts (``count`` files of ``kind``) and one when done, with the time; nothing when
+    the set is already there. Safe when several processes ask at once: both steps build in temporary folders
+    renamed into place, and a process that loses the race uses the winner's complete folder.
     """
     raw, prepared = root / "raw", root / "prepared"
     if (prepared / MANIFEST_NAME).is_file():
         return prepared
 
-    print(f"generating demo {kind} set in {root}", flush=True)
+    start = time.perf_counter()
+    print(f"making the demo {kind} set ({count} {kind}s) in {root} ...", flush=True)
     if not raw.is_dir():
         try:
             make(raw)
@@ -309,4 +318,5 @@ def ensure_prepared(
     except (FileExistsError, OSError):
         if not (prepared / MANIFEST_NAME).is_file():
             raise
+    print(f"made the demo {kind} set in {time.perf_counter() - start:.1f} s: {prepared}", flush=True)
     return prepared

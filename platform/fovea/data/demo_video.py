@@ -214,4 +214,5 @@ def ensure_demo_videos(
             seed=seed,
         ),
         prepare=lambda raw, prepared: prepare_videos(raw, prepared, shard_rows=100),
+        count=len(DEMO_ACTIONS) * (train_per_class + val_per_class),
     )

@@ -1,4 +1,5 @@
-"""JPEG decoding on the training device (``data.jpeg_decode=device``): nvJPEG on a GPU, libjpeg on a CPU.
+"""Decoding on the training device: JPEGs (``data.jpeg_decode=device``: nvJPEG on a GPU, libjpeg on a CPU) and
+video clips (``data.video_decode=device``: TorchCodec on NVDEC on a GPU, on FFmpeg's CPU decoders on a CPU).
 
 Decoding is most of an image pipeline's CPU cost (the performance issue measured about 3,200 images/s for CPU
 decode + RandomResizedCrop in 16 processes against about 13,000 for batched nvJPEG on one H200). With this option
@@ -126,3 +127,137 @@ def decode_batch(batch: dict[str, Any], *, img_size: int, device: torch.device) 
             resized = resized.flip(-1)
         out[index] = resized[0].round_().clamp_(0, 255).to(torch.uint8)
     return {"image": out, "label": labels.to(device, non_blocking=True)}
+
+
+# --- video clips (data.video_decode=device) -------------------------------------------------------------------------
+#
+# Raw-video training is decode-bound on CPUs (issue 25: decord gave 87 random 16x4 clips/s in 16 processes on the
+# H200 host against 148 clips/s of MViT-B training). With this option the Ray Data tasks only read each video's
+# bytes and draw its clip (frame numbers) and augmentation (short side, crop, flip) exactly as DecodeClips would
+# (PlanClips); the training worker decodes those frames with TorchCodec on its own device (NVDEC on a GPU) and
+# resizes, crops and flips there (decode_clip_batch), with the same functions as the CPU path, so on a CPU the two
+# paths give the same clips. A row TorchCodec cannot decode there is decoded on the worker's CPU by the row's other
+# backends; one that no backend decodes is skipped and counted, as in the CPU path.
+
+
+class PlanClips:
+    """``map_batches`` callable: prepared video rows to ``{"video": bytes, "indices": (N, K) int64, "plans": (N, V,
+    4) int32, "backends": str, "label", "path"}``: the frames to decode (every view's, ``K = clips x num_frames``,
+    counted from the file's first frame), each view's ``(short side, top, left, flip)`` (:func:`~fovea.data.clips.
+    train_plan`, :func:`~fovea.data.clips.eval_plans`), and the decoders to try in order (``torchcodec`` first).
+
+    Args: those of :class:`~fovea.data.clips.DecodeClips` (``storage`` ``encoded`` or ``reference``).
+    """
+
+    def __init__(self, spec: Any, *, train: bool, storage: str = "encoded", backend: str = "decord", seed: int = 0):
+        from fovea.data.video import BackendUnavailable, backend_order, check_backend
+        from fovea.errors import ConfigError
+
+        if storage not in ("encoded", "reference"):
+            raise ConfigError(f"data.video_decode=device decodes encoded videos; this dataset's storage is {storage}")
+        backend_order(backend)  # an unknown backend is an error here, not a skipped row in every batch
+        try:
+            check_backend("torchcodec")
+        except BackendUnavailable as err:
+            raise ConfigError(f"data.video_decode=device decodes with torchcodec: {err}") from None
+        self.spec, self.train, self.storage, self.backend, self.seed = spec, train, storage, backend, seed
+
+    def plan(self, row: dict[str, Any], execution: int) -> tuple[bytes, np.ndarray, np.ndarray, str]:
+        """``(bytes, frame numbers, view plans, backends)`` of one row, drawn as DecodeClips.views draws them."""
+        import zlib
+
+        from fovea.data.clips import eval_plans, train_plan
+        from fovea.data.video import backend_order, read_bytes
+
+        spec, frames, height, width = self.spec, int(row["num_frames"]), int(row["height"]), int(row["width"])
+        offset = int(row.get("start_frame") or 0)
+        if self.train:
+            key = zlib.crc32(str(row["path"]).encode("utf-8"))
+            rng = np.random.default_rng([self.seed, execution, key, offset])
+            indices = spec.frame_indices(frames, rng)
+            plans = [train_plan(height, width, spec, rng)]
+        else:
+            indices = np.concatenate([spec.frame_indices(frames, None, k) for k in range(spec.num_temporal_clips)])
+            plans = eval_plans(height, width, spec) * spec.num_temporal_clips
+        data = bytes(row["video"]) if self.storage == "encoded" else read_bytes(row["path"])
+        # TorchCodec first (it comes last in probe order, so a row's recorded backend never rules it out), then the
+        # row's other backends, for the worker's CPU when TorchCodec fails on the device
+        rest = [name for name in backend_order(self.backend, row.get("backend") or None) if name != "torchcodec"]
+        return data, indices + offset, np.asarray(plans, dtype=np.int32), ",".join(["torchcodec", *rest])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from fovea.data.clips import ROW_COLUMNS, execution_index
+        from fovea.data.decode_failures import begin_batch, flush_batch, skip_row
+
+        execution = execution_index() if self.train else 0
+        columns = [name for name in ROW_COLUMNS if name in batch]
+        kept: dict[str, list[Any]] = {"video": [], "indices": [], "plans": [], "backends": [], "label": [], "path": []}
+        begin_batch()
+        for index, values in enumerate(zip(*(batch[name] for name in columns), strict=True)):
+            row = dict(zip(columns, values, strict=True))
+            try:
+                data, indices, plans, backends = self.plan(row, execution)
+                label = int(row["label"])
+            except Exception as err:  # noqa: BLE001 - a file gone or a bad value: skip the row, never the epoch
+                skip_row("video", batch, index, err)
+                continue
+            for name, value in zip(kept, (data, indices, plans, backends, label, str(row["path"])), strict=True):
+                kept[name].append(value)
+        flush_batch()
+        k = self.spec.num_frames * (1 if self.train else self.spec.num_temporal_clips)
+        v = 1 if self.train else self.spec.num_views
+        out = {name: _objects(kept[name]) for name in ("video", "backends", "path")}
+        out["indices"] = np.asarray(kept["indices"], dtype=np.int64).reshape(-1, k)
+        out["plans"] = np.asarray(kept["plans"], dtype=np.int32).reshape(-1, v, 4)
+        out["label"] = np.asarray(kept["label"], dtype=np.int64)
+        return out
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def decode_clip_batch(
+    batch: dict[str, Any], *, num_frames: int, img_size: int, device: torch.device, decode_threads: int = 1
+) -> dict[str, torch.Tensor]:
+    """A :class:`PlanClips` batch to ``{"video": uint8 (N, 3, T, S, S) or (N, V, 3, T, S, S), "label"}`` on ``device``.
+
+    Each row's frames are decoded on ``device`` by TorchCodec (``cuda``: NVDEC), then each view is resized, cropped
+    and flipped there (:func:`~fovea.data.clips.cut_clip`). A row TorchCodec does not decode is decoded on the CPU
+    by its other backends; a row none decodes is skipped and counted (:mod:`fovea.data.decode_failures`).
+    """
+    from fovea.data.clips import cut_clip
+    from fovea.data.decode_failures import begin_batch, flush_batch, skip_row
+    from fovea.data.video import BadVideo, decode_frames, decode_torchcodec
+
+    target = "cuda" if device.type == "cuda" else "cpu"
+    views = int(batch["plans"].shape[1]) if len(batch["plans"]) else 1
+    videos, labels = [], []
+    begin_batch()
+    for index, (data, indices, plans, backends, label) in enumerate(
+        zip(batch["video"], batch["indices"], batch["plans"], batch["backends"], batch["label"], strict=True)
+    ):
+        order = str(backends).split(",")
+        try:
+            try:
+                frames = decode_torchcodec(data, indices, num_threads=decode_threads, device=target)
+            except BadVideo as err:
+                if len(order) < 2:
+                    raise
+                log.debug("torchcodec on %s: %s; trying %s", target, err, ", ".join(order[1:]))
+                cpu = decode_frames(data, indices, backend=order[1:], num_threads=decode_threads)
+                frames = torch.from_numpy(cpu).to(device)
+            clips = frames.to(device).permute(0, 3, 1, 2).split(num_frames)  # (T, 3, H, W) per temporal clip
+            per_clip = len(plans) // len(clips)
+            cut = [cut_clip(clips[k // per_clip], plan, img_size) for k, plan in enumerate(plans)]
+        except Exception as err:  # noqa: BLE001 - skip the row, never the epoch
+            skip_row("video", batch, index, err)
+            continue
+        videos.append(cut[0] if views == 1 else torch.stack(cut))
+        labels.append(int(label))
+    flush_batch()
+    shape = ((views,) if views > 1 else ()) + (3, num_frames, img_size, img_size)
+    video = torch.stack(videos) if videos else torch.zeros((0, *shape), dtype=torch.uint8, device=device)
+    return {"video": video, "label": torch.as_tensor(labels, dtype=torch.int64).to(device)}

@@ -65,7 +65,11 @@ class DecodeImageViews:
 
     def views(self, data: bytes) -> np.ndarray:
         """The ``(V, 3, S, S)`` crops of one encoded image."""
-        rgb = open_image(data, background=self.background)
+        return self.views_of(open_image(data, background=self.background))
+
+    def views_of(self, rgb: Any) -> np.ndarray:
+        """The ``(V, 3, S, S)`` crops of one decoded RGB ``PIL.Image`` (what ``fovea.predict`` hands pixel arrays
+        as)."""
         resized = self.transform(rgb)  # (3, H, W), short side img_size / crop_pct
         size = self.img_size
         height, width = resized.shape[-2:]

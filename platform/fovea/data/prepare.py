@@ -13,6 +13,7 @@ and writing happen in Ray workers, and OUT is assembled in a temporary sibling f
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -155,12 +156,29 @@ def run_preparation(
 
     import ray
 
+    from fovea.console import active_console, rearm_signals, verbose_wanted
+
+    print(f"checking {len(items)} {kind} files and writing the shards (Ray Data) ...", flush=True)
     temp_dir = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     temp_dir.mkdir(parents=True)
+    job_console = active_console()
     try:
         started_ray = not ray.is_initialized()
-        if started_ray:  # a short local Ray of our own: no dashboard (about 0.3 GB less, and a faster start)
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # a job's console knows its train.verbose; a script's or a library call's is FOVEA_VERBOSE (or --verbose)
+        quiet = started_ray and not (job_console.verbose if job_console is not None else verbose_wanted())
+        saved = _quiet_ray_data() if quiet else None
+        logging_level = logging.ERROR if quiet else logging.INFO  # the driver's Ray lines (start-up, auth token)
+        if started_ray and os.environ.get("RAY_ADDRESS"):  # under `ray job submit`: that cluster
+            context = ray.init(logging_level=logging_level)
+        elif started_ray:  # a short local Ray of our own: no dashboard (about 0.3 GB less, and a faster start);
+            # address="local" even when a `ray start` cluster runs here (ray.init() would join it, refusing num_cpus)
+            context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging_level)
+        if started_ray:
+            rearm_signals()  # a script's Ctrl-C and SIGTERM stop it (fovea.jobs.run_stoppable)
+        if quiet:
+            session = (getattr(context, "address_info", None) or {}).get("session_dir")
+            if session:
+                print(f"Ray's own logs: {session}/logs (--verbose or FOVEA_VERBOSE=1 prints them)", flush=True)
         try:
             manifest = write_shards(
                 items,
@@ -173,11 +191,14 @@ def run_preparation(
                 check_batch_size=check_batch_size,
                 kind=kind,
                 dedup=dedup,
+                renderer=job_console.renderer if job_console is not None else None,
             )
         finally:
             # Leave Ray as we found it: a caller that calls ray.init() after us would otherwise fail.
             if started_ray:
                 ray.shutdown()
+            if saved is not None:
+                _restore_ray_data(saved)
         _account_for_scan(manifest, scan)
         manifest.update(extra or {})
         manifest["source"] = str(src)
@@ -189,6 +210,38 @@ def run_preparation(
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     return load_manifest(out)
+
+
+_DATA_CONTEXT_BARS = ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start")
+
+
+def _quiet_ray_data() -> dict[str, Any]:
+    """Before a Ray of our own starts: Ray Data's console to errors (its file log in the session folder keeps
+    everything; :func:`fovea.console.quiet_environment`) and no Ray Data progress bars or execution-plan lines
+    (fovea's own progress line says what matters). Returns the settings it changed, for
+    :func:`_restore_ray_data`."""
+    from fovea.console import quiet_environment
+    from fovea.paths import fovea_home
+
+    quiet_environment(fovea_home())  # before ray.data is first imported: it reads its logging config then
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = {name: getattr(context, name) for name in _DATA_CONTEXT_BARS}
+    saved["ray_logger_level"] = logging.getLogger("ray").level
+    for name in _DATA_CONTEXT_BARS:
+        setattr(context, name, False)
+    return saved
+
+
+def _restore_ray_data(saved: dict[str, Any]) -> None:
+    """Put back what :func:`_quiet_ray_data` changed in this process (a library caller's own Ray Data use)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    for name in _DATA_CONTEXT_BARS:
+        setattr(context, name, saved[name])
+    logging.getLogger("ray").setLevel(saved["ray_logger_level"])
 
 
 def _account_for_scan(manifest: dict[str, Any], scan: SourceScan | None) -> None:

@@ -214,18 +214,24 @@ def build_video_datasets(
     open_tally()
     train = read_split(manifest, "train", shuffle=data_cfg.shuffle, seed=seed, **cache)
     val = read_split(manifest, "val", **cache)
+    step, planned = DecodeClips, decode
+    if data_cfg.video_decode == "device":  # the tasks read bytes and pick frames; the worker decodes on its device
+        from fovea.data.device_decode import PlanClips
+
+        step, planned = PlanClips, dict(storage=storage, backend=data_cfg.video_backend)
     datasets = {
         "train": train.map_batches(
-            DecodeClips(spec, train=True, seed=seed, **decode), batch_size=batch, batch_format="numpy"
+            step(spec, train=True, seed=seed, **planned), batch_size=batch, batch_format="numpy"
         ),
         "val": val.map_batches(
-            DecodeClips(replace(spec, num_temporal_clips=1, num_spatial_crops=1), train=False, **decode),
+            step(replace(spec, num_temporal_clips=1, num_spatial_crops=1), train=False, **planned),
             batch_size=batch,
             batch_format="numpy",
         ),
     }
     if spec.num_views > 1:
-        # views multiply the decoded bytes per row: smaller batches keep blocks a sensible size
+        # views multiply the decoded bytes per row: smaller batches keep blocks a sensible size; decoded here even
+        # with data.video_decode=device (the final multi-view test reads them as tensors)
         datasets["val_views"] = val.map_batches(
             DecodeClips(spec, train=False, **decode),
             batch_size=max(1, batch // spec.num_views),

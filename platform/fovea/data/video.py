@@ -1,18 +1,21 @@
 """Reading encoded videos: probe a file's metadata, prove it decodes, and decode the frames of a clip.
 
-Two decoders read videos (:data:`VIDEO_BACKENDS`): decord, which seeks straight to the wanted frames and decodes
-them with its own threads; and PyAV, which decodes clips in order from the first frame to the last one wanted (fine
+Three decoders read videos (:data:`VIDEO_BACKENDS`): decord, which seeks straight to the wanted frames and decodes
+them with its own threads; PyAV, which decodes clips in order from the first frame to the last one wanted (fine
 for clips of a few seconds, slower on long videos, but free of decord's quirks: decord 0.6 mis-sizes the frames of
-some widths, 16, 24 or 48 pixels, and does not know AV1). Both are FFmpeg underneath and return the same pixels up
-to rounding in the colour conversion. Both read from memory, so the same code serves files on disk and rows of
-Parquet shards.
+some widths, 16, 24 or 48 pixels, and does not know AV1); and TorchCodec (PyTorch's own decoder, over the system's
+FFmpeg shared libraries), which seeks exactly to each wanted frame from the keyframe before it, reads what decord
+cannot, and decodes on a GPU's NVDEC too (``data.video_decode=device``, :mod:`fovea.data.device_decode`). All are
+FFmpeg underneath and return the same pixels up to rounding in the colour conversion. All read from memory, so the
+same code serves files on disk and rows of Parquet shards.
 
 Probing (:func:`probe_video`) tries the backends in that order and keeps the first that reads the file, which
 preparation records as the row's ``backend``: it decodes :data:`PROBE_POINTS` frames spread over the file, the
 first, the last (a truncated file usually still opens, its header intact, and fails only on the frames cut off)
 and single keyframes between them (damage in the middle), and checks their shape against the size the stream
 declares. A file no backend reads is a :class:`BadVideo` whose reason gives each backend's error. Decoding a
-clip (:func:`decode_frames`) takes a list of backends too, :func:`backend_order` giving a row's.
+clip (:func:`decode_frames`) takes a list of backends too, :func:`backend_order` giving a row's. TorchCodec
+without FFmpeg's libraries is a :class:`BackendUnavailable` naming the fix (:func:`check_backend`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,18 @@ from typing import Any
 import numpy as np
 
 # Probe order: the first of these that reads a file is the backend recorded for it.
-VIDEO_BACKENDS = ("decord", "pyav")
+# torchcodec comes last: datasets prepared before it keep their meaning (a row's ``backend`` rules out the ones before).
+VIDEO_BACKENDS = ("decord", "pyav", "torchcodec")
 PROBE_POINTS = 5  # frames decoded by a probe: the first, the last and keyframes evenly spread between them
 
 _DECORD_PREFIX = re.compile(r"^(?:\[[\d:]+\] \S+:\d+: )+")  # time and source, once per rethrow
 _DECORD_CHECK = re.compile(r"^Check failed: .*?\(-?\d+ vs\. -?\d+\) ")  # the C++ condition before the complaint
+_TORCHCODEC_PREFIX = re.compile(r"^\w+, \S+\.(?:cpp|h):\d+, ")  # "decode_av_frame, /.../X.cpp:1493, " before it
+# What a user installs for TorchCodec's FFmpeg (major versions 4 to 9, shared libraries); pip cannot provide them.
+FFMPEG_FIX = (
+    "install FFmpeg's shared libraries (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew install ffmpeg; conda: "
+    "conda install -c conda-forge ffmpeg) or use data.video_backend=decord"
+)
 
 
 class BadVideo(ValueError):
@@ -44,6 +54,11 @@ class BadVideo(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+class BackendUnavailable(BadVideo):
+    """A backend that cannot run on this machine at all (TorchCodec without FFmpeg's libraries): the same for every
+    file, so a run configured for it stops before it starts (:func:`check_backend`)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,7 @@ def probe_video(data: bytes, *, min_frames: int = 1, backends: Sequence[str] = V
     size = _declared_size(data)
     failures: list[tuple[str, BadVideo]] = []
     for backend in backends:
-        probe = {"decord": _probe_decord, "pyav": _probe_pyav}.get(backend)
+        probe = {"decord": _probe_decord, "pyav": _probe_pyav, "torchcodec": _probe_torchcodec}.get(backend)
         if probe is None:
             raise ValueError(_unknown_backend(backend))
         try:
@@ -288,10 +303,90 @@ def _pyav_frame_near(container: Any, stream: Any, stamp: int, *, to_end: bool) -
     return None if latest is None else latest.to_ndarray(format="rgb24")
 
 
+def open_torchcodec(data: bytes, *, num_threads: int = 1, device: str = "cpu") -> Any:
+    """A TorchCodec ``VideoDecoder`` over ``data`` giving ``(N, H, W, 3)`` frames, with an exact frame index (the
+    file's packets are scanned once, no decoding, so frame numbers mean what decord's and PyAV's do).
+
+    Raises:
+        BackendUnavailable: TorchCodec is not installed or cannot load FFmpeg's shared libraries.
+        BadVideo: the bytes do not open as a video.
+    """
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as err:  # noqa: BLE001 - ImportError, or a torch it was not built for failing to load it
+        raise BackendUnavailable("torchcodec does not import", f"pip install torchcodec; {_first_line(err)}") from None
+    try:
+        return VideoDecoder(
+            data, dimension_order="NHWC", num_ffmpeg_threads=num_threads, device=device, seek_mode="exact"
+        )
+    except RuntimeError as err:
+        if str(err).startswith("Could not load libtorchcodec"):
+            raise BackendUnavailable(
+                f"torchcodec cannot load FFmpeg's shared libraries (versions 4-9): {FFMPEG_FIX}"
+            ) from None
+        raise BadVideo(_unopened(data), _first_line(err)) from None
+    except Exception as err:  # noqa: BLE001 - ValueError for an empty buffer, others from FFmpeg
+        raise BadVideo(_unopened(data), _first_line(err)) from None
+
+
+def check_backend(name: str) -> None:
+    """Raise :class:`BackendUnavailable` when backend ``name`` cannot run here (TorchCodec without FFmpeg); decord and
+    PyAV are pip dependencies that carry their own FFmpeg."""
+    if name not in VIDEO_BACKENDS:
+        raise ValueError(_unknown_backend(name))
+    if name == "torchcodec":
+        try:
+            open_torchcodec(b"\0" * 64)  # loads the libraries, then fails to open these bytes as a video
+        except BackendUnavailable:
+            raise
+        except BadVideo:
+            pass
+
+
+def _probe_torchcodec(data: bytes, size: tuple[int, int] | None) -> VideoInfo:
+    """The frames counted from the packets (TorchCodec's exact scan), each probe position decoded exactly."""
+    decoder = open_torchcodec(data)
+    metadata = decoder.metadata
+    num_frames = len(decoder)
+    if num_frames == 0:
+        raise BadVideo("no video frames")
+    for position in probe_positions(num_frames):
+        try:
+            shape = tuple(decoder.get_frame_at(position).data.shape)
+        except Exception as err:  # noqa: BLE001 - RuntimeError from FFmpeg, IndexError past a truncated end
+            raise _frame_failure(position, num_frames, _first_line(err)) from None
+        size = size or (int(shape[0]), int(shape[1]))
+        _check_shape("torchcodec", shape, size)
+    fps = float(metadata.average_fps or 0.0)
+    height, width = size or (0, 0)
+    duration = num_frames / fps if fps > 0 else 0.0
+    return VideoInfo(num_frames, fps, duration, width, height, backend="torchcodec")
+
+
+def decode_torchcodec(data: bytes, indices: np.ndarray, *, num_threads: int = 1, device: str = "cpu") -> Any:
+    """The frames at ``indices`` as a uint8 tensor ``(len(indices), H, W, 3)`` on ``device`` (``cuda``: NVDEC);
+    an index past the end reads the last frame, as decord's clamp does.
+
+    Raises:
+        BackendUnavailable: no TorchCodec or no FFmpeg.
+        BadVideo: the bytes do not decode.
+    """
+    decoder = open_torchcodec(data, num_threads=num_threads, device=device)
+    try:
+        wanted = np.minimum(np.asarray(indices, dtype=np.int64), len(decoder) - 1)
+        # one call: each distinct frame decoded once, in file order, seeking only across keyframes
+        return decoder.get_frames_at(wanted.tolist()).data
+    except Exception as err:  # noqa: BLE001
+        raise BadVideo("frames do not decode", _first_line(err)) from None
+    finally:
+        del decoder  # its FFmpeg context and frame buffers go now, not at the next garbage collection
+
+
 def _first_line(err: BaseException) -> str:
     # decord's messages carry a timestamp, its source location and the failed C++ check, then the complaint,
-    # sometimes over lines; PyAV's start with "[Errno N]"
+    # sometimes over lines; PyAV's start with "[Errno N]"; TorchCodec's with the C++ function, file and line
     lines = [_DECORD_CHECK.sub("", _DECORD_PREFIX.sub("", line).strip()) for line in str(err).splitlines()]
+    lines = [_TORCHCODEC_PREFIX.sub("", line) for line in lines]
     lines = [line for line in lines if line]
     text = (lines[-1] if lines else type(err).__name__).strip()
     strerror = getattr(err, "strerror", None)
@@ -320,9 +415,10 @@ def decode_frames(
     Args:
         data: the encoded file's bytes.
         indices: frame numbers, each in ``[0, frames in the file)``; an index past the end reads the last frame.
-        backend: ``decord`` or ``pyav``, or several to try in order until one decodes the frames (see
-            :func:`backend_order`).
-        num_threads: decoder threads (decord; PyAV picks its own with ``thread_type="AUTO"``).
+        backend: ``decord``, ``pyav`` or ``torchcodec``, or several to try in order until one decodes the frames
+            (see :func:`backend_order`).
+        num_threads: decoder threads (decord and TorchCodec, 0 = they pick; PyAV picks its own with
+            ``thread_type="AUTO"``).
 
     Returns:
         uint8 frames ``(len(indices), H, W, 3)``.
@@ -337,6 +433,8 @@ def decode_frames(
         if name not in VIDEO_BACKENDS:
             raise ValueError(_unknown_backend(name))
         try:
+            if name == "torchcodec":
+                return decode_torchcodec(data, indices, num_threads=num_threads).numpy()
             return _decode_decord(data, indices, num_threads) if name == "decord" else _decode_pyav(data, indices)
         except BadVideo as err:
             failures.append((name, err))

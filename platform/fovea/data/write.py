@@ -1,8 +1,9 @@
 """Writing a prepared dataset: checks on OUT and the labels, the shards of each split, and the final rename.
 
 :func:`check_output_dir` and :func:`check_labels` run before any work starts; :func:`write_shards` runs the Ray
-Data job that checks every item, drops copies of one content as ``dedup`` says (:func:`find_duplicate_contents`,
-on the checked rows' ``content_hash``) and writes each split's Parquet shards into a temporary folder, and
+Data job that checks every item (counting files checked and rejected as the checked blocks come back,
+:class:`CheckProgress`), drops copies of one content as ``dedup`` says (:func:`find_duplicate_contents`, on the
+checked rows' ``content_hash``) and writes each split's Parquet shards into a temporary folder, and
 :func:`move_into_place` renames that folder to OUT once the manifest is in it.
 """
 
@@ -14,7 +15,8 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,8 @@ def check_labels(items: Sequence[Mapping[str, Any]], classes: Sequence[str], src
 
 
 def add_output_arguments(parser: Any) -> None:
-    """The options every preparation script takes about its output: ``--dedup``, ``--overwrite``, ``--num-cpus``."""
+    """The options every preparation script takes about its output: ``--dedup``, ``--overwrite``, ``--num-cpus``,
+    ``--verbose``."""
     parser.add_argument(
         "--dedup",
         choices=DEDUP_MODES,
@@ -113,6 +116,32 @@ def add_output_arguments(parser: Any) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a prepared dataset already in OUT")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--verbose", action="store_true", help="print Ray's own lines too (or FOVEA_VERBOSE=1)")
+
+
+# what a preparation script stopped by Ctrl-C or SIGTERM leaves (fovea.jobs.run_stoppable): the output folder is
+# moved into place only at the end, and the temporary folder beside it is removed on the way out
+STOPPED_PREPARATION = "OUT was not written (its temporary folder is removed): rerun the command"
+
+
+@contextmanager
+def script_console(verbose: bool) -> Iterator[None]:
+    """A preparation script's output (:mod:`fovea.console`): fovea's lines and a progress line; Ray's lines only
+    with ``--verbose`` (``verbose``) or ``FOVEA_VERBOSE=1``."""
+    from fovea.console import VERBOSE_ENV, install_console, remove_console, verbose_wanted
+
+    before = os.environ.get(VERBOSE_ENV)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read where Ray starts (fovea.data.prepare.run_preparation)
+    install_console(verbose_wanted())
+    try:
+        yield
+    finally:
+        remove_console()
+        if before is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = before
 
 
 def check_dedup(dedup: str) -> None:
@@ -199,12 +228,79 @@ def rows_to_write(batch: pa.Table, *, split: str, dropped: Sequence[int]) -> pa.
     return kept.drop_columns([name for name in _BOOKKEEPING if name in kept.column_names])
 
 
-def _bookkeeping(checked: Any) -> dict[str, list]:
-    """The small bookkeeping columns of the checked rows, on the driver (the image bytes stay in the object store)."""
-    present = checked.schema().names
-    names = ["row_id", "path", "class_name", "split", "error"] + [n for n in ("note", "content_hash") if n in present]
-    batches = list(checked.select_columns(names).iter_batches(batch_size=None, batch_format="pyarrow"))
-    return pa.concat_tables(batches).to_pydict()
+def block_bookkeeping(block: pa.Table) -> pa.Table:
+    """The small bookkeeping columns of one checked block (run as a task where the block is, so the image or
+    video bytes never travel to the driver)."""
+    optional = [name for name in ("note", "content_hash") if name in block.column_names]
+    return block.select(["row_id", "path", "class_name", "split", "error", *optional])
+
+
+class CheckProgress:
+    """Files checked and rejected so far, counted on the driver as the checked blocks come back, drawn by the job's
+    progress renderer (:mod:`fovea.console`: a live line in a terminal, a plain line now and then otherwise; none
+    without a console), then one summary line."""
+
+    def __init__(self, total: int, kind: str, renderer: Any = None, clock: Callable[[], float] = time.monotonic):
+        self.total, self.kind, self.renderer, self.clock = total, kind, renderer, clock
+        self.checked = self.rejected = 0
+        self.started = clock()
+
+    def add(self, part: pa.Table) -> None:
+        """Count one block's bookkeeping rows (:func:`block_bookkeeping`) and redraw the line."""
+        self.checked += part.num_rows
+        self.rejected += sum(1 for error in part.column("error").to_pylist() if error)
+        if self.renderer is not None:
+            self.renderer.show(self.info())
+
+    def info(self) -> dict[str, Any]:
+        """The progress record (see :func:`fovea.console.progress_text`)."""
+        info = {
+            "prefix": "checking ",
+            "step": self.checked,
+            "steps": self.total,
+            "what": f"{self.kind} files",
+            "elapsed_s": self.clock() - self.started,
+            "unit": "files",
+            "note": f"{self.rejected} rejected",
+        }
+        if self.checked:  # no rate before the first block is back
+            info["samples"] = self.checked
+        return info
+
+    def summary(self) -> str:
+        return (
+            f"checked {self.checked} {self.kind} files in {self.clock() - self.started:.1f} s: {self.rejected} rejected"
+        )
+
+
+def check_streaming(checked: Any, progress: CheckProgress) -> tuple[Any, dict[str, list]]:
+    """Run the check (a lazy Ray Data dataset) once, counting its blocks as they come back.
+
+    Returns:
+        The checked rows as a materialized dataset (the blocks already in the object store, not computed again)
+        and their bookkeeping columns on the driver.
+    """
+    import ray
+
+    # a task beside each block, on a worker the check already warmed up (a zero-CPU task would start new ones)
+    bookkeeping = ray.remote(block_bookkeeping)
+    refs, parts = [], []
+    if progress.renderer is not None and progress.renderer.live:
+        progress.renderer.show(progress.info())  # 0/N while Ray Data starts (a plain line waits for real counts)
+    # iter_internal_ref_bundles (a Ray Data DeveloperAPI): each output block as it is done, once; materialize() would
+    # hand them back only at the end
+    for bundle in checked.iter_internal_ref_bundles():
+        if any(piece is not None for piece in getattr(bundle, "slices", None) or ()):
+            raise RuntimeError("Ray Data returned a slice of a checked block; cannot count the rows")
+        block_refs = list(bundle.block_refs)
+        refs.extend(block_refs)
+        for part in ray.get([bookkeeping.remote(ref) for ref in block_refs]):
+            parts.append(part)
+            progress.add(part)
+    rows = pa.concat_tables(parts).to_pydict()
+    if len(rows["row_id"]) != progress.total or len(set(rows["row_id"])) != progress.total:
+        raise RuntimeError(f"the check returned {len(rows['row_id'])} rows for {progress.total} items")
+    return ray.data.from_arrow_refs(refs), rows
 
 
 def write_shards(
@@ -219,11 +315,14 @@ def write_shards(
     check_batch_size: int,
     kind: str,
     dedup: str = "split",
+    renderer: Any = None,
 ) -> dict[str, Any]:
     """Run the Ray Data job that checks every item and writes each split's shards under ``temp_dir``.
 
     Rows with the same contents are found from the check's ``content_hash`` column and dropped as ``dedup`` says
-    (:func:`find_duplicate_contents`).
+    (:func:`find_duplicate_contents`). The files checked and rejected so far are drawn by ``renderer`` (a
+    :class:`fovea.console.ProgressRenderer`; None: no progress line) as the checked blocks come back
+    (:func:`check_streaming`), then a summary line is printed.
 
     Returns:
         The manifest, without ``source`` and ``options``.
@@ -235,17 +334,17 @@ def write_shards(
     # each hold one or two classes, which makes file-level shuffling at training time far weaker.
     order = np.random.default_rng(seed).permutation(len(items))
     shuffled = [{**items[index], "row_id": int(index)} for index in order]
-    checked = (
-        ray.data.from_items(shuffled)
-        .map_batches(
-            check_and_number,
-            batch_format="pyarrow",
-            batch_size=check_batch_size,
-            fn_kwargs={"check": check, "check_kwargs": check_kwargs},
-        )
-        .materialize()
+    lazy = ray.data.from_items(shuffled).map_batches(
+        check_and_number,
+        batch_format="pyarrow",
+        batch_size=check_batch_size,
+        fn_kwargs={"check": check, "check_kwargs": check_kwargs},
     )
-    rows = _bookkeeping(checked)
+    progress = CheckProgress(len(items), kind, renderer)
+    checked, rows = check_streaming(lazy, progress)
+    if renderer is not None:
+        renderer.clear()
+    print(progress.summary(), flush=True)
     segments = [(item.get("start"), item.get("end")) for item in items]
     dropped, duplicates = find_duplicate_contents(rows, dedup=dedup, segments=segments)
     has_notes = "note" in rows

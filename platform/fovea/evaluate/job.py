@@ -42,10 +42,18 @@ from fovea.sources import LoadedModel, load_model, resolve_path_source, source_k
 
 def configure_for_model(cfg: Config, model: LoadedModel) -> Config:
     """``cfg`` with the model's recorded input settings: architecture name, ``img_size``, mean/std, video clip
-    length, interval and sampling; the recorded ``crop_pct`` and ``alpha_background`` unless the config sets them."""
+    length, interval and sampling; the recorded ``crop_pct`` and ``alpha_background`` unless the config sets them.
+
+    The multi-view defaults follow the training recipe (``recipe_views``) unless the config sets them: flip views
+    only for a model trained with flips (``data.hflip > 0``), its ``data.num_spatial_crops`` and (video)
+    ``data.num_temporal_clips``."""
     from fovea.models import is_video_model
 
     recorded = model.inputs
+    recipe = recipe_views(cfg, model)
+    eval_update: dict[str, Any] = {}
+    if "hflip" in recipe and "flip_views" not in cfg.eval.model_fields_set:
+        eval_update["flip_views"] = float(recipe["hflip"]) > 0
     model_update: dict[str, Any] = {}
     if model.model_name:
         model_update["name"] = model.model_name
@@ -56,11 +64,37 @@ def configure_for_model(cfg: Config, model: LoadedModel) -> Config:
         data_update["crop_pct"] = float(recorded["crop_pct"])
     if "alpha_background" in recorded and "alpha_background" not in cfg.data.model_fields_set:
         data_update["alpha_background"] = recorded["alpha_background"]
-    if is_video_model(model.model_name or cfg.model.name):
+    video = is_video_model(model.model_name or cfg.model.name)
+    if video:
         data_update.update(
             {key: recorded[key] for key in ("num_frames", "frame_interval", "sampling") if key in recorded}
         )
-    return build_config([cfg.model_dump(mode="json"), {"model": model_update, "data": data_update}])
+    for key in ("num_spatial_crops", "num_temporal_clips") if video else ("num_spatial_crops",):
+        if key in recipe and key not in cfg.data.model_fields_set:
+            data_update[key] = int(recipe[key])
+    update = {"model": model_update, "data": data_update, "eval": eval_update}
+    return build_config([cfg.model_dump(mode="json"), update])
+
+
+def recipe_views(cfg: Config, model: LoadedModel) -> dict[str, float]:
+    """What the model's training recipe says of test-time views: ``hflip``, ``num_spatial_crops`` and
+    ``num_temporal_clips``, as far as it records them (a checkpoint's config, a registered version's metadata), else
+    from its training run's parameters (a version registered before the metadata held them); may be empty."""
+    from fovea.sources import RECIPE_VIEW_KEYS
+
+    found = {key: float(model.inputs[key]) for key in RECIPE_VIEW_KEYS if model.inputs.get(key) is not None}
+    if len(found) < len(RECIPE_VIEW_KEYS) and model.kind == "registry" and model.source_run_id:
+        from fovea.track import resolve_tracking_uri, run_params
+
+        params = run_params(resolve_tracking_uri(cfg.track.uri), model.source_run_id)
+        for key in RECIPE_VIEW_KEYS:
+            value = params.get(f"data.{key}")
+            if key not in found and value not in (None, "", "None"):
+                try:
+                    found[key] = float(value)
+                except ValueError:
+                    continue  # not a number: the config's default stands
+    return found
 
 
 def logit_order(model_classes: list[str] | None, dataset_classes: list[str], source: str) -> list[int] | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fovea.errors import first_line
-from fovea.track import store
+from fovea.track import fast_browse, store
+from fovea.track.fast_browse import iso_time, latest_update, model_row, run_record, version_record
 from fovea.track.run_logger import replay_fallback
 
 ALL_EXPERIMENTS = "all"
@@ -34,13 +35,6 @@ def _mlflow_errors_as_value_errors(call: Callable[[], _Result], context: str) ->
         return call()
     except MlflowException as err:
         raise ValueError(f"{context}: {first_line(err)}") from None
-
-
-def _iso_time(milliseconds: int | None) -> str | None:
-    """An MLflow timestamp (ms since the epoch) as local ISO 8601 with the UTC offset, or None when unset."""
-    if not milliseconds:
-        return None
-    return datetime.fromtimestamp(milliseconds / 1000).astimezone().isoformat(timespec="seconds")
 
 
 def _quoted(value: str) -> str:
@@ -64,18 +58,9 @@ def _paged(search: Callable[[str | None], Any]) -> Iterator[Any]:
 
 def _version_record(version: Any) -> dict[str, Any]:
     """One ``ModelVersion`` as a plain dict."""
-    return {
-        "name": version.name,
-        "version": str(version.version),
-        "aliases": sorted(version.aliases or []),
-        "created": _iso_time(version.creation_timestamp),
-        "updated": _iso_time(version.last_updated_timestamp),
-        "status": version.status,
-        "run_id": version.run_id,
-        "source": version.source,
-        "description": version.description or "",
-        "tags": dict(version.tags or {}),
-    }
+    fields = {key: getattr(version, key) for key in ("name", "version", "status", "run_id", "source", "description")}
+    fields.update(creation_timestamp=version.creation_timestamp, last_updated_timestamp=version.last_updated_timestamp)
+    return version_record(fields, dict(version.tags or {}), version.aliases or [])
 
 
 def _versions_of(client: Any, name: str, aliases: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -113,8 +98,7 @@ def _registered_model(client: Any, name: str) -> Any:
 
 def _latest_update(model: Any, versions: list[dict[str, Any]]) -> str | None:
     """When the model or any of its versions last changed (a version's new tag leaves the model's own time)."""
-    times = [time for time in [_iso_time(model.last_updated_timestamp), *(v["updated"] for v in versions)] if time]
-    return max(times, key=datetime.fromisoformat) if times else None
+    return latest_update(model.last_updated_timestamp, versions)
 
 
 def list_models(uri: str) -> list[dict[str, Any]]:
@@ -124,28 +108,21 @@ def list_models(uri: str) -> list[dict[str, Any]]:
         One dict per model: ``name``, ``description``, ``tags``, ``versions`` (count), ``latest_version``,
         ``aliases`` (``{alias: version}``), ``champion_val_top1`` (float or None), ``created``, ``updated``.
     """
+    fast = fast_browse.list_models(uri)  # SQLite or a tracking server, without importing MLflow
+    if fast is not None:
+        return fast
     client = store.client(uri)
 
     def collect() -> list[dict[str, Any]]:
         rows = []
         models = _paged(lambda token: client.search_registered_models(max_results=PAGE_SIZE, page_token=token))
         for model in sorted(models, key=lambda m: m.name):
-            aliases = {alias: str(version) for alias, version in sorted((model.aliases or {}).items())}
-            versions = _versions_of(client, model.name, aliases)
-            champion = next((v for v in versions if v["version"] == aliases.get("champion")), None)
-            rows.append(
-                {
-                    "name": model.name,
-                    "description": model.description or "",
-                    "tags": dict(model.tags or {}),
-                    "versions": len(versions),
-                    "latest_version": versions[0]["version"] if versions else None,
-                    "aliases": aliases,
-                    "champion_val_top1": _as_float(champion["tags"].get("val_top1")) if champion else None,
-                    "created": _iso_time(model.creation_timestamp),
-                    "updated": _latest_update(model, versions),
-                }
+            aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+            fields = {"name": model.name, "description": model.description, "tags": dict(model.tags or {})}
+            fields.update(
+                creation_timestamp=model.creation_timestamp, last_updated_timestamp=model.last_updated_timestamp
             )
+            rows.append(model_row(fields, aliases, _versions_of(client, model.name, aliases)))
         return rows
 
     return _mlflow_errors_as_value_errors(collect, f"listing the registered models at {uri}")
@@ -183,7 +160,7 @@ def model_details(uri: str, name: str) -> dict[str, Any]:
         "description": model.description or "",
         "tags": dict(model.tags or {}),
         "aliases": aliases,
-        "created": _iso_time(model.creation_timestamp),
+        "created": iso_time(model.creation_timestamp),
         "updated": _latest_update(model, versions),
         "versions": len(versions),
         "latest_version": versions[0]["version"] if versions else None,
@@ -272,46 +249,16 @@ def _experiments(client: Any, experiment: str) -> dict[str, str]:
     found = client.get_experiment_by_name(experiment)
     if found is None or found.lifecycle_stage != "active":
         names = sorted(e.name for e in _paged(lambda token: client.search_experiments(page_token=token)))
-        raise ValueError(
-            f"no experiment {experiment!r} (experiments: {', '.join(names) or 'none'}; or --experiment all)"
-        )
+        raise fast_browse.unknown_experiment(experiment, names)
     return {found.experiment_id: found.name}
-
-
-def _as_float(value: Any) -> float | None:
-    """``value`` as a float, or None when it is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _run_record(run: Any, experiment_name: str) -> dict[str, Any]:
     """One ``Run`` as a plain dict, with fovea's tags and metrics lifted out."""
     info, data = run.info, run.data
-    metrics = dict(data.metrics)
-    end = info.end_time or (datetime.now().timestamp() * 1000 if info.status == "RUNNING" else None)
-    duration = (end - info.start_time) / 1000 if info.start_time and end else None
-    epoch = metrics.get("epoch")
-    return {
-        "run_id": info.run_id,
-        "run_name": info.run_name,
-        "experiment": experiment_name,
-        "experiment_id": info.experiment_id,
-        "status": info.status,
-        "start": _iso_time(info.start_time),
-        "end": _iso_time(info.end_time),
-        "duration_s": duration,
-        "role": data.tags.get("fovea.role"),
-        "model": data.tags.get("fovea.model"),
-        "epochs": int(epoch) if epoch is not None else None,
-        "val_top1": metrics.get("val_top1"),
-        "val_top5": metrics.get("val_top5"),
-        "registered_version": data.tags.get("fovea.registered_version"),
-        "metrics": metrics,
-        "params": dict(data.params),
-        "tags": {key: value for key, value in data.tags.items() if not key.startswith("mlflow.")},
-    }
+    fields = {key: getattr(info, key) for key in ("run_id", "run_name", "experiment_id", "status")}
+    fields.update(start_time=info.start_time, end_time=info.end_time)
+    return run_record(fields, dict(data.metrics), dict(data.params), dict(data.tags), experiment_name)
 
 
 def _registered_versions_of_runs(client: Any, run_ids: list[str]) -> dict[str, str]:
@@ -344,6 +291,9 @@ def list_runs(uri: str, *, experiment: str = "fovea", limit: int = 50, filter_st
     Raises:
         ValueError: an unknown experiment or a filter MLflow rejects (one line).
     """
+    fast = fast_browse.list_runs(uri, experiment=experiment, limit=limit, filter_string=filter_string)
+    if fast is not None:  # SQLite without a filter, or a tracking server: without importing MLflow
+        return fast
     client = store.client(uri)
 
     def collect() -> list[dict[str, Any]]:

@@ -58,6 +58,25 @@ def metric_key(name: str) -> str:
     return "_" if set(key) <= {".", "/"} else key
 
 
+MAX_METRIC_KEY = 250  # MLflow's longest metric key
+
+
+def class_metric_keys(prefix: str, classes: Sequence[str]) -> list[str]:
+    """A metric key per class, ``prefix`` + the class name made safe (``metric_key``, and a ``/`` becomes ``_`` too,
+    so no name reads as a path MLflow refuses), cut to MLflow's 250 characters; names that end up alike get their
+    class index appended, so every class keeps its own key."""
+    keys: list[str] = []
+    taken: set[str] = set()
+    for index, name in enumerate(classes):
+        key = prefix + metric_key(name.replace("/", "_"))[: MAX_METRIC_KEY - len(prefix)]
+        if key in taken:
+            suffix = f"_{index}"
+            key = key[: MAX_METRIC_KEY - len(suffix)] + suffix
+        taken.add(key)
+        keys.append(key)
+    return keys
+
+
 def per_class_csv(rows: Sequence[dict[str, Any]]) -> str:
     """``class,count,correct,accuracy`` (accuracy in percent, empty for a class the split lacks) for each class."""
     out = io.StringIO()

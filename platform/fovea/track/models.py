@@ -28,6 +28,7 @@ def log_final_model(
     classes: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     alias: str = "",
+    raw_example: bytes | None = None,
 ) -> str | None:
     """Log the trained model to the run (with signature and input example) and register a new version.
 
@@ -46,6 +47,10 @@ def log_final_model(
             ``extra_files/`` = ``weights.pt`` (+ ``.sha256``) and ``fovea_model.json``: the only form
             ``load_registered_model`` reads.
         alias: a registry alias (e.g. ``champion``) to point at the new version.
+        raw_example: an encoded image or clip (a dataset's file) as the raw-input pyfunc's input example; None: a
+            rendered demo one. A version with a pickle-free copy is logged by ``fovea.track.pyfunc.log_classifier``
+            (its pyfunc takes bytes, paths and pixel arrays and answers class names; the ``pytorch`` flavor beside
+            it); one without, as a plain ``mlflow.pytorch`` model taking ``input_example``'s tensors.
 
     Returns:
         The registered version number, or None when not registered.
@@ -66,7 +71,25 @@ def log_final_model(
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         # the pickle-free copy (weights.pt + fovea_model.json) that fovea itself loads the version from
         plain = save_model_dir(Path(tmp) / PLAIN_DIR, model, metadata) if _rebuildable(metadata) else None
-        info = mlflow.pytorch.log_model(
+        if plain is not None:
+            from fovea.track.pyfunc import log_classifier
+
+            # a clip model records its clip length (fovea.recipe.create_args_of; importing records it too)
+            video = bool(metadata.get("num_frames") or metadata["create_kwargs"].get("num_frames"))
+            requirements += [f"torchvision=={torchvision_version()}", "pillow", "pandas", *(["av"] if video else [])]
+            info = log_classifier(
+                model,
+                plain_dir=plain,
+                info=metadata,
+                video=video,
+                raw_example=raw_example,
+                pip_requirements=requirements,
+                metadata=redact(metadata),
+                registered_model_name=registered_model_name,
+            )
+        else:
+            info = None
+        info = info or mlflow.pytorch.log_model(
             model,
             name="model",
             signature=signature,
@@ -98,9 +121,40 @@ def log_final_model(
     return None
 
 
+def torchvision_version() -> str:
+    """The installed torchvision's version, without a local build suffix (``+cu128``)."""
+    import torchvision
+
+    return str(torchvision.__version__).split("+")[0]
+
+
 def _rebuildable(metadata: dict[str, Any]) -> bool:
     """Whether ``metadata`` says how to rebuild the architecture (what a pickle-free copy needs)."""
     return bool(metadata.get("model_name")) and isinstance(metadata.get("create_kwargs"), dict)
+
+
+def _model_version(model_uri: str, tracking_uri: str) -> Any:
+    """The registry's ModelVersion that ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` names."""
+    from mlflow.exceptions import MlflowException
+
+    from fovea.refs import parse_registry_uri
+
+    name, version, alias = parse_registry_uri(model_uri)
+    client = store.client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as err:
+        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({first_line(err)})") from None
+
+
+def registered_version(model_uri: str, tracking_uri: str) -> str:
+    """The version number ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` names (the alias resolved), with no
+    download.
+
+    Raises:
+        ValueError: one line, for a name, version or alias the registry does not have.
+    """
+    return str(_model_version(model_uri, tracking_uri).version)
 
 
 def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -123,12 +177,9 @@ def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path
 
     from fovea.refs import parse_registry_uri
 
-    name, version, alias = parse_registry_uri(model_uri)
+    name, _, _ = parse_registry_uri(model_uri)
     client = store.client(tracking_uri)
-    try:
-        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as err:
-        raise ValueError(f"{model_uri} not found in the registry at {tracking_uri} ({first_line(err)})") from None
+    found = _model_version(model_uri, tracking_uri)
     store.use_store(tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     plain_uri = f"models:/{name}/{found.version}/{PLAIN_DIR}"
@@ -155,3 +206,62 @@ def download_registered_model(model_uri: str, tracking_uri: str, dst: str | Path
         "plain_uri": plain_uri,
         "run_classes": run_classes,
     }
+
+
+def register_imported_model(
+    uri: str,
+    model: Any,
+    *,
+    name: str,
+    experiment: str,
+    input_example: Any,
+    metadata: dict[str, Any],
+    source: dict[str, Any],
+    alias: str = "base",
+) -> tuple[str, str]:
+    """Register converted published weights as a new version of ``name`` (an import run in ``experiment`` holds it).
+
+    Args:
+        metadata: as ``log_final_model``'s (``model_name``, ``create_kwargs``, normalisation, clip, classes).
+        source: what ``fovea weights inspect`` found: ``path``, ``sha256``, ``layout``; recorded as the run's
+            params and the version's tags (``source_sha256``, ``source_layout``, ``source_file``).
+        alias: pointed at the new version (``models:/NAME@base`` then starts a fine-tuning run from it).
+
+    Returns:
+        ``(run_id, version)``.
+    """
+    import mlflow
+
+    store.use_store(uri)
+    experiment_id = store.ensure_experiment(uri, experiment)
+    tags = {
+        "source_file": Path(str(source["path"])).name,
+        "source_sha256": str(source["sha256"]),
+        "source_layout": str(source["layout"]),
+        "model_name": str(metadata["model_name"]),
+        "architecture": type(model).__name__,
+        "num_classes": str(metadata["create_kwargs"].get("num_classes", "")),
+        "imported": "true",
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"import {tags['source_file']}") as run:
+        mlflow.set_tags({"fovea.kind": "import", **tags})
+        mlflow.log_params({"source.path": str(source["path"]), "source.layout": tags["source_layout"]})
+        run_id = run.info.run_id
+    classes = metadata.get("classes")
+    description = (
+        f"{metadata['model_name']} imported from {source['path']} ({tags['source_layout']} layout, SHA-256 "
+        f"{tags['source_sha256']}); normalise inputs with mean {metadata.get('mean')} and std {metadata.get('std')}"
+    )
+    version = log_final_model(
+        uri,
+        run_id,
+        model,
+        input_example=input_example,
+        registered_model_name=name,
+        version_tags=tags,
+        description=description,
+        classes=list(classes) if classes else None,
+        metadata=metadata,
+        alias=alias,
+    )
+    return run_id, str(version)

@@ -20,7 +20,7 @@ from fovea.errors import first_line
 from fovea.secrets import redact
 from fovea.track import store
 from fovea.track.curves import plot_curves
-from fovea.track.store import MAX_BATCH, is_connection_problem, param_batches, with_retries
+from fovea.track.store import MAX_BATCH, STOP_REASON_TAG, is_connection_problem, param_batches, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class RunLogger:
                     self.client.update_run(self._run_id, status="RUNNING")
                     for key, value in self._reopen.items():
                         self.client.set_tag(self._run_id, key, value)
+                    if STOP_REASON_TAG in self.client.get_run(self._run_id).data.tags:  # why it stopped last time
+                        self.client.delete_tag(self._run_id, STOP_REASON_TAG)
                 except Exception as err:
                     if is_connection_problem(err):
                         raise

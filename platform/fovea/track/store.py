@@ -136,3 +136,31 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run as ended (the driver does this once the final model is logged)."""
 
     client(uri).set_terminated(run_id, status)
+
+
+STOP_REASON_TAG = "fovea.stop_reason"
+
+
+def end_training_run(uri: str, experiment_id: str, train_name: str, status: str, reason: str) -> tuple[str, int] | None:
+    """End the run of training run ``train_name`` (the newest one still RUNNING, else the newest) as ``status``
+    (``KILLED``, ``FAILED``) with ``reason`` (one line) as its ``fovea.stop_reason`` tag: what the driver does when
+    the job is interrupted or its run dies, since the workers that logged to it are gone.
+
+    Returns:
+        ``(run_id, last epoch logged)``, or None when the run has no MLflow run (it stopped before its workers
+        opened one).
+    """
+    mlflow_client = client(uri)
+    name = train_name.replace("'", "\\'")
+    runs = mlflow_client.search_runs(
+        [experiment_id], f"tags.`{TRAIN_NAME_TAG}` = '{name}'", order_by=["attributes.start_time DESC"], max_results=20
+    )
+    if not runs:
+        return None
+    run = next((r for r in runs if r.info.status == "RUNNING"), runs[0])
+    run_id = run.info.run_id
+    mlflow_client.set_tag(run_id, STOP_REASON_TAG, reason[:5000])
+    if run.info.status != "FINISHED" or status == "FAILED":  # a worker stopped by the signal may have ended it FAILED
+        mlflow_client.set_terminated(run_id, status)
+    epochs = mlflow_client.get_metric_history(run_id, "epoch")
+    return run_id, int(max((m.value for m in epochs), default=0))

@@ -104,19 +104,30 @@ class TrainingParts:
 
 
 def build_parts(
-    cfg: Config, *, classes: list[str], train_count: int, world: int, device: torch.device, teacher: Any = None
+    cfg: Config,
+    *,
+    classes: list[str],
+    train_count: int,
+    world: int,
+    device: torch.device,
+    teacher: Any = None,
+    registry_uri: str | None = None,
 ) -> TrainingParts:
     """The model (on ``device``, from published or local weights when the config says so), optimizer, schedule,
     EMA and loss of a run with ``train_count`` training rows over ``world`` workers.
 
     Args:
         teacher: a loaded teacher (``fovea.distill.load_teacher``'s result) when the run distills.
+        registry_uri: where a ``models:/`` ``model.checkpoint`` is downloaded from (into this node's cache).
     """
+    from fovea.sources import start_weights_path
+
+    start = start_weights_path(cfg.model.checkpoint, registry_uri or "") if cfg.model.checkpoint else ""
     model = create_model(
         cfg.model.name,
         **model_create_args(cfg, num_classes=len(classes)),
         pretrained=cfg.model.pretrained,
-        checkpoint=cfg.model.checkpoint,
+        checkpoint=start,
         drop_rate=cfg.model.drop_rate,
         drop_path_rate=cfg.model.drop_path_rate,
     ).to(device)

@@ -47,8 +47,17 @@ def check_before_start(cfg: Config) -> None:
         raise ConfigError("distill.type: distillation is implemented for image models only")
     if cfg.model.pretrained and cfg.model.checkpoint:
         raise ConfigError("model.pretrained and model.checkpoint: give one, not both")
+    if cfg.model.pretrained:
+        from fovea.weights.hub import check_published
+
+        try:
+            check_published(cfg.model.name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.model.checkpoint:
-        check_start_weights(cfg)
+        classes = len(manifest["classes"]) if cfg.data.path else 0
+        for line in check_start_weights(cfg, num_classes=classes).lines():
+            print(line, flush=True)
     if cfg.distill.type != "none":
         check_teacher_spec(cfg)
 
@@ -79,7 +88,7 @@ def check_optimizer_steps(cfg: Config, train_count: int) -> None:
     )
 
 
-def check_start_weights(cfg: Config) -> None:
+def check_start_weights(cfg: Config, *, num_classes: int = 0) -> Any:
     """``model.checkpoint`` before Ray starts: the file reads as weights (a truncated, corrupt or foreign file of any
     format is refused here, not in every worker), and they fit the model, built on the ``meta`` device (shapes only,
     no memory; an architecture that cannot be built there has only its file read).
@@ -92,23 +101,37 @@ def check_start_weights(cfg: Config) -> None:
     import torch
 
     from fovea.models import create_model, load_weights
-    from fovea.models.factory import read_state_dict
     from fovea.recipe import model_create_args
+    from fovea.sources import source_kind, start_weights_path
+    from fovea.weights import LoadReport, read_state_dict
 
-    path = Path(cfg.model.checkpoint)
-    if not path.is_file():
+    if source_kind(cfg.model.checkpoint)[0] == "registry":
+        from fovea.track import resolve_tracking_uri
+
+        try:
+            path = start_weights_path(cfg.model.checkpoint, resolve_tracking_uri(cfg.track.uri))
+        except ValueError as err:
+            raise ConfigError(f"model.checkpoint: {first_line(err)}") from None
+    else:
+        path = Path(cfg.model.checkpoint).expanduser()
+    if not path.exists():
         raise ConfigError(f"model.checkpoint: no such file: {cfg.model.checkpoint}")
     try:
         with torch.device("meta"):
-            model = create_model(cfg.model.name, **model_create_args(cfg, num_classes=2))
+            model = create_model(cfg.model.name, **model_create_args(cfg, num_classes=num_classes or 2))
     except Exception:  # noqa: BLE001 - the workers say what the constructor rejects
         model = None
     try:
         with warnings.catch_warnings():  # torch says each copy into a meta tensor does nothing: that is the point
             warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model")
-            load_weights(model, path) if model is not None else read_state_dict(path)
+            if model is None:
+                read_state_dict(path)
+                return LoadReport(path=path, layout="unchecked", origin="the model could not be built here", tensors=0)
+            report = load_weights(model, path)
     except (ValueError, OSError, RuntimeError) as err:
         raise ConfigError(f"model.checkpoint: {first_line(err)}") from None
+    report.model_classes = num_classes
+    return report
 
 
 def check_teacher_spec(cfg: Config) -> None:
@@ -125,8 +148,10 @@ def check_teacher_spec(cfg: Config) -> None:
             raise ConfigError(f"distill.teacher: {err}") from None
     elif kind == "file":
         path = Path(spec).expanduser()
-        if not (path.is_file() or (path / "checkpoint.pt").is_file()):
-            raise ConfigError(f"distill.teacher: no such checkpoint file: {spec}")
+        from fovea.model_folder import is_model_dir
+
+        if not (path.is_file() or (path / "checkpoint.pt").is_file() or is_model_dir(path)):
+            raise ConfigError(f"distill.teacher: no such checkpoint file or model folder: {spec}")
     else:
         try:
             check_model_name(spec)

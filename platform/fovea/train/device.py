@@ -121,18 +121,22 @@ def shard_batches(
     jpeg_decode: str = "cpu",
     img_size: int = 224,
     count: RowCount | None = None,
+    video_decode: dict[str, int] | None = None,
     **options: Any,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """A dataset shard's batches on ``device``: uint8 tensors copied a batch ahead from pinned memory, or
-    (``jpeg_decode="device"``) JPEG batches decoded on the device. With ``count`` every row is counted there and
-    the last, partial batch dropped (``drop_last``, done here so that the count sees it)."""
-    if jpeg_decode == "device":
-        from fovea.data.device_decode import decode_batch
+    (``jpeg_decode="device"``) JPEG batches decoded on the device, or (``video_decode``: ``num_frames`` and
+    ``decode_threads``; ``data.video_decode=device``) clips decoded on the device. With ``count`` every row is
+    counted there and the last, partial batch dropped (``drop_last``, done here so that the count sees it)."""
+    if jpeg_decode == "device" or video_decode is not None:
+        from fovea.data.device_decode import decode_batch, decode_clip_batch
 
         raw = shard.iter_batches(
             batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch_batches, **options
         )
         raw = raw if count is None else full_batches(raw, batch_size, count)
+        if video_decode is not None:
+            return (decode_clip_batch(b, img_size=img_size, device=device, **video_decode) for b in raw)
         return (decode_batch(batch, img_size=img_size, device=device) for batch in raw)
     batches = shard.iter_torch_batches(
         batch_size=batch_size,

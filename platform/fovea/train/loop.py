@@ -24,6 +24,7 @@ from fovea.distill import has_distillation_token
 from fovea.evaluate.scoring import view_mean_logits
 from fovea.train.device import autocast_dtype, skips_on_device, unwrap
 from fovea.train.faults import StepHook
+from fovea.train.progress import StepProgress
 from fovea.train.rollback import NonFiniteSteps
 
 
@@ -134,6 +135,7 @@ def train_one_epoch(
     teacher: nn.Module | None = None,
     patience: int = 0,
     hooks: Sequence[StepHook] = (),
+    progress: StepProgress | None = None,
 ) -> EpochStats:
     """One pass over ``batches``; returns the mean loss and throughput of this process.
 
@@ -148,13 +150,10 @@ def train_one_epoch(
         optimizer: the optimizer; one step per ``accum_steps`` batches.
         scheduler: stepped after every optimizer step.
         criterion: loss on (logits, targets).
-        normalize: uint8 -> normalised float on the device.
-        device: training device.
+        normalize, device: uint8 -> normalised float on ``device``, the training device.
         precision: ``auto``/``bf16``/``fp32``.
-        accum_steps: micro-batches per optimizer step (DDP gradient sync only on the last).
-        grad_clip: max gradient norm (0 = off).
-        mixup: batch mixup/cutmix, or None.
-        ema: a timm ``ModelEmaV3`` updated after each optimizer step, or None.
+        accum_steps, grad_clip: micro-batches per optimizer step (DDP syncs on the last); max gradient norm (0: off).
+        mixup, ema: batch mixup/cutmix; a timm ``ModelEmaV3`` updated after each optimizer step (either may be None).
         on_step: called as ``on_step(global_step, loss, lr)`` after every ``log_every``-th optimizer step.
         log_every: how often ``on_step`` is called (each call waits for the device to catch up).
         start_step: the global optimizer step count before this epoch.
@@ -164,6 +163,7 @@ def train_one_epoch(
             checked every ``log_every`` steps and at the end, so it is seen at most ``log_every`` steps late.
         hooks: called as ``hook.before_step(step)`` and ``hook.after_step(step)`` around each optimizer step
             (``fovea.train.faults``).
+        progress: told of each optimizer step; reads the loss from the device only when it prints (now and then).
 
     Raises:
         NonFiniteSteps: ``patience`` non-finite steps in a row.
@@ -214,6 +214,8 @@ def train_one_epoch(
         skipped += bad.float()
         run = (run + 1) * bad.float()
         longest = torch.maximum(longest, run)
+        if progress is not None:
+            progress.step(step - start_step, samples, group_loss)
         if step % log_every == 0 and (on_step is not None or patience):
             step_loss, longest_run = torch.stack([group_loss, longest]).tolist()  # waits for the device
             if patience and longest_run >= patience:
@@ -243,8 +245,12 @@ def evaluate(
     normalize: Normalize,
     device: torch.device,
     precision: str = "auto",
+    on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Loss and top-1/top-5 accuracy (in percent) over ``batches``, summed over all DDP processes.
+
+    ``on_batch(inputs, labels, logits)`` sees each batch: its uint8 inputs as they came, and the logits it was scored
+    on (``fovea.train.per_class.ValidationTally``: the confusion matrix and the misclassified gallery).
 
     A student with a distillation token is scored on the mean of its two heads, as it predicts; the top-1 of
     each head alone is reported too, as ``top1_cls`` and ``top1_dist``. Multi-view video batches
@@ -264,6 +270,8 @@ def evaluate(
         targets = batch["label"].to(device, non_blocking=True)
         # (B, classes): each video's mean logits (and each head's, for a distillation-token student)
         logits, heads = view_mean_logits(model, images, num_views, dtype=dtype, device=device, bare=bare)
+        if on_batch is not None:
+            on_batch(batch_inputs(batch), targets, logits)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (B, k)
         hits = top.eq(targets[:, None])

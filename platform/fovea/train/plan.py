@@ -34,6 +34,8 @@ class WorkerPlan:
     stop_at_epoch: int | None = None  # return after this epoch (PBT trains a few epochs at a time)
     progress_prefix: str = ""  # put before every progress line (which trial it is)
     initial_checkpoint: str | None = None  # a folder to start from when the run has no checkpoint of its own
+    registry_uri: str | None = None  # the registry a ``models:/`` model.checkpoint is read from (absolute)
+    step_progress_s: float = 0.0  # rank 0 prints a step-progress record this often (0: none; fovea.train.progress)
 
     def as_loop_config(self) -> dict[str, Any]:
         """The plan as ``TorchTrainer(train_loop_config=...)`` takes it (a shallow dict: references stay)."""

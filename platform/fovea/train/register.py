@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from fovea.config import Config
-from fovea.recipe import checkpoint_create_args
+from fovea.recipe import checkpoint_create_args, checkpoint_normalization
 
 
 @dataclass
@@ -156,8 +156,38 @@ def log_final_model_of(
         version = log_and_register(cfg, state, tracking_uri, run_id, classes, dataset_dir, last, extra_tags or {})
         if version is not None and promote:
             promotion = promote_version(cfg, tracking_uri, version, last, dataset_dir)
+    log_validation_records(state, tracking_uri, run_id, classes, dataset_dir)
     finish_run(tracking_uri, run_id)
     return registered_name, version, promotion
+
+
+def log_validation_records(
+    state: dict[str, Any], tracking_uri: str, run_id: str, classes: list[str], dataset_dir: Path | str
+) -> None:
+    """The run's dataset as its MLflow input, and its last validation's confusion matrix (PNG + CSV), per-class
+    recall and misclassified gallery (``fovea.track.figures``) from the final checkpoint. A checkpoint written
+    before they were kept has none; a store that refuses them costs a warning line, not the run."""
+    from fovea.data import load_manifest, location_label, manifest_hash
+    from fovea.errors import typed_line
+    from fovea.track import log_dataset_input, log_training_figures
+
+    try:
+        manifest = load_manifest(dataset_dir)
+        counts = {f"{split}_rows": int(info["count"]) for split, info in manifest["splits"].items()}
+        label = location_label(dataset_dir)
+        log_dataset_input(
+            tracking_uri,
+            run_id,
+            name=Path(label).name or label,
+            digest=manifest_hash(dataset_dir),
+            source=label,
+            counts={**counts, "classes": len(manifest["classes"])},
+        )
+        confusion = state.get("val_confusion")
+        if confusion is not None:
+            log_training_figures(tracking_uri, run_id, classes, confusion, state.get("val_gallery"))
+    except Exception as err:  # noqa: BLE001 - the model is logged already; these records must not fail the run
+        print(f"warning: the run's dataset input and validation figures were not logged: {typed_line(err)}")
 
 
 def final_model(cfg: Config, state: dict[str, Any], classes: list[str]) -> tuple[nn.Module, dict[str, Any]]:
@@ -191,7 +221,7 @@ def log_and_register(
 
     video = is_video_model(cfg.model.name)
     model, create_kwargs = final_model(cfg, state, classes)
-    mean, std = normalization(model, cfg.data)
+    mean, std = checkpoint_normalization(state) or normalization(model, cfg.data)
     size = cfg.model.img_size
     frames = (cfg.data.num_frames,) if video else ()
     example = np.zeros((1, 3, *frames, size, size), dtype=np.float32)
@@ -228,11 +258,16 @@ def log_and_register(
         + (f", {macs / 1e9:.3g} GMACs per view" if macs is not None else "")
         + f") trained by fovea job {cfg.job} for {int(last['epoch'])} epochs on {dataset_dir} "
         f"(manifest {data_hash}); val top-1 {last['val_top1']:.2f}%, top-5 {last['val_top5']:.2f}%. "
-        f"Input: float32 {shape}, normalised with mean {tuple(round(m, 4) for m in mean)} and std "
-        f"{tuple(round(v, 4) for v in std)}; output: logits over the classes in model_info/classes.json. "
+        f"mlflow.pyfunc.load_model takes {'video' if video else 'image'} files' bytes (base64 in JSON), paths or "
+        "uint8 arrays and answers the top-k class names (see the signature and input example); "
+        f"mlflow.pytorch.load_model's module takes float32 {shape}, normalised with mean "
+        f"{tuple(round(m, 4) for m in mean)} and std {tuple(round(v, 4) for v in std)}, and gives logits over "
+        "the classes in model_info/classes.json. "
         f"Source: git {commit}."
     )
     clip = {"num_frames": cfg.data.num_frames, "frame_interval": cfg.data.frame_interval, "sampling": cfg.data.sampling}
+    from fovea.predict.inputs import dataset_example
+
     return log_final_model(
         tracking_uri,
         run_id,
@@ -252,7 +287,12 @@ def log_and_register(
             "crop_pct": cfg.data.crop_pct,
             **({} if video else {"alpha_background": cfg.data.alpha_background}),
             **(clip if video else {}),
+            # the training recipe's test-time views: evaluation's multi-view defaults follow them
+            "hflip": cfg.data.hflip,
+            "num_spatial_crops": cfg.data.num_spatial_crops,
+            **({"num_temporal_clips": cfg.data.num_temporal_clips} if video else {}),
         },
+        raw_example=dataset_example(dataset_dir, video=video),  # a real image or clip: the pyfunc's input example
     )
 
 

@@ -5,6 +5,7 @@ then hand the final checkpoint to ``fovea.train.register``. Pre-flight checks an
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 
 from fovea.checkpoints import checkpoint_location
 from fovea.config import Config, ConfigError
-from fovea.jobs import RunFailure, run_command
+from fovea.console import Stopped, run_watched
+from fovea.errors import typed_line
+from fovea.jobs import RunFailure, run_command, stop_ray
 from fovea.paths import fovea_home
 from fovea.train.checks import (
     check_before_start,
@@ -32,14 +35,46 @@ def storage_path(cfg: Config) -> str:
 
 
 def init_ray(progress_bars: bool = False) -> None:
+    """Start Ray here, or join the cluster under ``ray job submit`` (or with ``RAY_ADDRESS`` set).
+
+    Under a job's console (``fovea.console``) Ray's driver messages are kept to errors, unless verbose, and the
+    session folder holding Ray's own logs is printed once.
+
+    Raises:
+        RunFailure: Ray did not start, or the cluster could not be reached (one line; the job exits 1).
+    """
+    import logging
+
     import ray
 
+    from fovea import console
     from fovea.data.stream import configure_data_context
 
+    job_console = console.active_console()
+    quiet = job_console is not None and not job_console.verbose
     if not ray.is_initialized():
-        # Under `ray job submit` (or with RAY_ADDRESS set) this joins the cluster; otherwise it starts Ray here.
-        ray.init(log_to_driver=True)
+        if quiet:
+            console.quiet_driver_loggers()
+        try:
+            context = ray.init(log_to_driver=True, logging_level=logging.ERROR if quiet else logging.INFO)
+        except Exception as err:  # "The current node timed out during startup", no cluster at the address...
+            raise RunFailure(ray_start_problem(err)) from None
+        console.rearm_signals()  # ray.init replaced the SIGTERM handler
+        session = (getattr(context, "address_info", None) or {}).get("session_dir")
+        if quiet and session:
+            print(f"Ray's own logs: {session}/logs (train.verbose=true or FOVEA_VERBOSE=1 prints them)", flush=True)
     configure_data_context(progress_bars)  # Ray Train hands this context to the dataset coordinators
+
+
+def ray_start_problem(err: BaseException) -> str:
+    """The one line for a Ray that would not start or could not be reached."""
+    import os
+
+    from fovea.errors import first_line
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    where = f"the Ray cluster at {address}" if address else "Ray"
+    return f"{where} could not be started or reached: {type(err).__name__}: {first_line(err)[:300]}"
 
 
 def dataset_dir_of(cfg: Config) -> Path | str:
@@ -110,6 +145,8 @@ def build_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
         return build_video_datasets(
             manifest, cfg.data, img_size=cfg.model.img_size, num_frames=cfg.data.num_frames, seed=cfg.train.seed
         )
+    if cfg.data.video_decode == "device":
+        raise ConfigError("data.video_decode=device is for video datasets; this one holds images")
     return build_image_datasets(manifest, cfg.data, img_size=cfg.model.img_size, seed=cfg.train.seed)
 
 
@@ -128,6 +165,18 @@ def run_tags(cfg: Config, dataset_dir: Path | str) -> dict[str, str]:
         "fovea.git_commit": git_commit(),
         "fovea.host": socket.gethostname(),
     }
+
+
+def start_weights_registry(cfg: Config) -> str | None:
+    """The tracking URI a ``models:/...`` (or ``NAME@ALIAS``) ``model.checkpoint`` is read from, made absolute here
+    in the driver; None for a file."""
+    from fovea.sources import source_kind
+
+    if not cfg.model.checkpoint or source_kind(cfg.model.checkpoint)[0] != "registry":
+        return None
+    from fovea.track import resolve_tracking_uri
+
+    return resolve_tracking_uri(cfg.track.uri)
 
 
 def build_torch_trainer(
@@ -158,10 +207,13 @@ def build_torch_trainer(
         callbacks: Ray Train callbacks (a sweep's report to Tune).
         progress_prefix: put before every progress line (which trial it is).
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from fovea.console import active_console, verbose_wanted
     from fovea.train.worker import train_worker
+
+    job_console = active_console()  # none in a library call or a sweep's trial: no step-progress records
 
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
@@ -183,7 +235,9 @@ def build_torch_trainer(
             multi_view="val_views" in datasets,
             stop_at_epoch=stop_at_epoch,
             progress_prefix=progress_prefix,
+            registry_uri=start_weights_registry(cfg),
             initial_checkpoint=resume_from,
+            step_progress_s=job_console.progress_every_s() if job_console is not None else 0.0,
         ).as_loop_config(),
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,  # (min, max): elastic
@@ -198,6 +252,8 @@ def build_torch_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks or None,
+            # Ray Train's banners (worker group started, each report and checkpoint) stay in its log files
+            logging_config=LoggingConfig(log_level="INFO" if verbose_wanted(cfg.train.verbose) else "WARNING"),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
@@ -296,9 +352,14 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         teacher_source=teacher_source,
     )
     try:
-        result = trainer.fit()
+        result = run_watched(trainer.fit)  # Ctrl-C and SIGTERM reach this thread (Ray Train's handler is not set)
+    except (Stopped, KeyboardInterrupt) as stop:
+        stop_ray()  # the workers stop before their run is ended: nothing of theirs comes after
+        stop.detail = stopped_detail(cfg, run_name, tracking_uri, experiment_id, stop)  # type: ignore[union-attr]
+        raise
     except Exception as err:  # Ray Train's TrainingFailedError; a full disk, a corrupt checkpoint or shard: one line
         problem = checkpoint_failure(err) or data_failure(err, cfg.data.max_bad_shards)
+        end_run(cfg, run_name, tracking_uri, experiment_id, "FAILED", problem or failure_reason(err))
         if problem is None:
             raise
         raise RunFailure(f"run {run_name} stopped: {problem}") from None
@@ -336,6 +397,67 @@ def run_training(cfg: Config, *, checked: bool = False) -> TrainSummary:
         promotion=promotion,
         model_logging_s=time.time() - logging_started if version else 0.0,
     )
+
+
+def end_run(
+    cfg: Config, run_name: str, tracking_uri: str | None, experiment_id: str | None, status: str, reason: str
+) -> tuple[str, int] | None:
+    """End the MLflow run of ``run_name`` as ``status`` with its one-line ``reason`` (``fovea.stop_reason``), as
+    far as the store answers: ``(run_id, last epoch logged)``, None without one."""
+    if not (cfg.track.enabled and tracking_uri and experiment_id):
+        return None
+    from fovea.track.store import end_training_run
+
+    try:
+        return end_training_run(tracking_uri, experiment_id, run_name, status, reason)
+    except Exception as err:  # the store is down: the run stays as it was; say so, do not hide the stop
+        print(f"warning: could not end the MLflow run of {run_name} as {status}: {typed_line(err, limit=200)}")
+        return None
+
+
+def failure_reason(err: BaseException) -> str:
+    """The one line a failed run is tagged with: a worker's own error (the last line of its traceback, as Ray Train
+    hands it in ``worker_failures``), else the error's first line."""
+    failures = getattr(err, "worker_failures", None) or {}
+    if failures:
+        rank, failure = min(failures.items(), key=lambda item: item[0])
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        return f"worker {rank}: {lines[-1] if lines else type(failure).__name__}"[:1000]
+    cause = getattr(err, "controller_failure", None)
+    return typed_line(cause if isinstance(cause, BaseException) else err, limit=1000)
+
+
+def stopped_detail(
+    cfg: Config, run_name: str, tracking_uri: str | None, experiment_id: str | None, stop: BaseException
+) -> str:
+    """End the run's MLflow run as KILLED; the one line saying where the run stands and how to resume it."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    ended = end_run(cfg, run_name, tracking_uri, experiment_id, "KILLED", f"stopped by {signal.Signals(signum).name}")
+    rerun = "rerun the same command" if cfg.train.name else f"rerun with train.name={run_name}"
+    line = f"run {run_name} stopped"
+    if ended is not None:
+        line += f"; MLflow run {ended[0]} ended KILLED after epoch {ended[1]}"
+    run_dir = f"{storage_path(cfg)}/{run_name}"
+    committed = committed_epoch(run_dir)
+    if committed == 0:  # stopped before Ray Train recorded a checkpoint: nothing to resume from
+        return line + f"; no checkpoint was committed yet ({run_dir}): a rerun starts from epoch 1"
+    at = f" (epoch {committed})" if committed else ""
+    return line + f"; its last checkpoint{at} is kept in {run_dir}: {rerun} to resume"
+
+
+def committed_epoch(run_dir: str) -> int | None:
+    """The epoch of the checkpoint Ray Train would resume ``run_dir`` from (its checkpoint manager's snapshot): 0
+    when none was committed, None when that cannot be read here (a URI, or a snapshot of another shape)."""
+    if "://" in run_dir:
+        return None
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return 0
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        return int(((latest or {}).get("metrics") or {}).get("epoch", 0)) if latest is not None else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def job_main(job: str, configs_dir: str | Path, description: str = "", argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from fovea.checkpoints import checkpoint_location, load_run_checkpoint, save_checkpoint
 from fovea.config import Config
+from fovea.console import format_rate
 from fovea.data.decode_failures import DecodeFailures, take_failures
 from fovea.recipe import model_create_args
 from fovea.train.build import TrainingParts, build_parts
@@ -30,7 +31,9 @@ from fovea.train.device import (
     unwrap,
 )
 from fovea.train.loop import EpochStats, evaluate, train_one_epoch
+from fovea.train.per_class import GALLERY_SIZE, ValidationTally, balanced_accuracy, per_class_recall, worst_classes
 from fovea.train.plan import WorkerPlan
+from fovea.train.progress import step_progress
 from fovea.train.rollback import NonFiniteSteps, Rollbacks
 from fovea.train.schedule import move_schedule, restore_hyperparameters, scale_learning_rates
 
@@ -72,6 +75,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         world=seat.world,
         device=seat.device,
         teacher=teacher,
+        registry_uri=plan.registry_uri,
     )
     progress = restore(parts, cfg, plan, seat, ray.train.get_checkpoint())
     parts.model = ray.train.torch.prepare_model(parts.model, move_to_device=False)
@@ -241,6 +245,14 @@ class EpochLoop:
         self.val_shard = ray.train.get_dataset_shard("val")
         self.views_shard = ray.train.get_dataset_shard("val_views") if plan.multi_view else None
         self.curves_drawn = time.perf_counter()
+        # the last validation's per-class results: confusion counts (all workers) and rank 0's misclassified samples
+        self.confusion: torch.Tensor | None = None
+        self.gallery: dict[str, Any] | None = None
+        self.recall_keys: list[str] = []
+        if tracker is not None:
+            from fovea.track import class_metric_keys
+
+            self.recall_keys = class_metric_keys("val_recall/", list(plan.classes))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
@@ -261,12 +273,20 @@ class EpochLoop:
             jpeg_decode=data.jpeg_decode,
             img_size=self.cfg.model.img_size,
             count=count,
+            video_decode=dict(num_frames=data.num_frames, decode_threads=data.decode_threads)
+            if data.video_decode == "device"
+            else None,
             **options,
         )
 
-    def validate(self, model: torch.nn.Module, precision: str) -> dict[str, float]:
+    def validate(
+        self, model: torch.nn.Module, precision: str, tally: ValidationTally | None = None
+    ) -> dict[str, float]:
         batches = self.batches(self.val_shard, batch_size=self.cfg.eval_batch_size)
-        return evaluate(model, batches, normalize=self.parts.normalize, device=self.seat.device, precision=precision)
+        device = self.seat.device
+        return evaluate(
+            model, batches, normalize=self.parts.normalize, device=device, precision=precision, on_batch=tally
+        )
 
     def run(self) -> None:
         cfg, progress, parts = self.cfg, self.progress, self.parts
@@ -334,12 +354,24 @@ class EpochLoop:
             teacher=parts.teacher,
             patience=cfg.train.nonfinite_patience,
             hooks=parts.hooks,
+            progress=step_progress(
+                rank=self.seat.rank,
+                every_s=self.plan.step_progress_s,
+                world=self.seat.world,
+                epoch=self.progress.epoch + 1,
+                epochs=cfg.train.epochs,
+                steps=parts.steps_per_epoch,
+                prefix=self.plan.progress_prefix,
+            ),
         )
 
     def epoch_metrics(self, stats: EpochStats, count: RowCount) -> tuple[dict[str, float], dict[str, int]]:
         """The epoch's metrics over all workers, and the rows each split did not deliver (``{split: rows}``)."""
         cfg, parts, world = self.cfg, self.parts, self.seat.world
-        val = self.validate(parts.model, cfg.train.precision)
+        gallery = GALLERY_SIZE if self.seat.rank == 0 else 0
+        tally = ValidationTally(len(self.plan.classes), self.seat.device, gallery=gallery)
+        val = self.validate(parts.model, cfg.train.precision, tally)
+        self.confusion, self.gallery = tally.confusion(), tally.gallery.state()  # every worker sums the counts
         applied = stats.steps - stats.skipped_batches
         loss_sum, applied_sum, samples, seconds_sum, skipped, train_rows = sum_across_workers(
             [stats.loss * applied, float(applied), float(stats.samples), stats.seconds, float(stats.skipped_batches)]
@@ -362,6 +394,7 @@ class EpochLoop:
             "val_loss": val["loss"],
             "val_top1": val["top1"],
             "val_top5": val["top5"],
+            "val_balanced_acc": balanced_accuracy(self.confusion),
             "train_samples": samples,
             "val_samples": val["count"],
             "samples_per_sec": samples / max(1e-9, seconds_sum / world),
@@ -401,6 +434,7 @@ class EpochLoop:
         epoch = progress.epoch + 1
         if tracker is not None:
             tracker.log_metrics(metrics, step=epoch)
+            self.log_recalls(epoch)
             if epoch < last_epoch and time.perf_counter() - self.curves_drawn > CURVES_EVERY_S:
                 tracker.log_curves(progress.history)  # a live picture in long runs; the driver draws the final one
                 self.curves_drawn = time.perf_counter()
@@ -415,7 +449,15 @@ class EpochLoop:
         failures = take_failures() if self.seat.rank == 0 else None  # each epoch: the decode tally starts again
         if missing:
             self.say(missing_rows_warning(epoch, missing, self.plan, failures))
-        self.say(format_progress(metrics, self.cfg.train.epochs))
+        worst = worst_classes(self.confusion, list(self.plan.classes)) if self.confusion is not None else []
+        self.say(format_progress(metrics, self.cfg.train.epochs, worst))
+
+    def log_recalls(self, epoch: int) -> None:
+        """Each class's recall (``val_recall/<class>``, the class name made a safe metric key), rank 0."""
+        if self.tracker is None or self.confusion is None:
+            return
+        recalls = zip(self.recall_keys, per_class_recall(self.confusion), strict=True)
+        self.tracker.log_metrics({key: recall for key, recall in recalls if recall == recall}, step=epoch)  # no NaN
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint holds after the current epoch (``create_args``: the architecture, so that no reader
@@ -434,7 +476,15 @@ class EpochLoop:
             "mlflow_run_id": progress.run_id,
             "classes": classes,
             "create_args": model_create_args(self.cfg, num_classes=len(classes)),
+            # what the inputs were normalised with: the start weights' own statistics, when they brought them
+            "normalization": {
+                "mean": (parts.normalize.mean / 255.0).tolist(),
+                "std": (parts.normalize.std / 255.0).tolist(),
+            },
             "lr_scale": self.rollbacks.lr_scale,
+            # the epoch's validation: confusion counts (rows true, columns predicted) and misclassified samples
+            "val_confusion": self.confusion.to(torch.int32) if self.confusion is not None else None,
+            "val_gallery": self.gallery,
         }
 
 
@@ -462,8 +512,8 @@ def missing_rows_warning(
     return f"warning: epoch {epoch} went without {counts}: {why}"
 
 
-def format_progress(metrics: dict[str, float], epochs: int) -> str:
-    """The one-line per-epoch progress report."""
+def format_progress(metrics: dict[str, float], epochs: int, worst: list[tuple[str, float]] | None = None) -> str:
+    """The one-line per-epoch progress report; ``worst``: the classes of lowest recall, ``[(name, recall %)]``."""
     line = (
         f"epoch {int(metrics['epoch'])}/{epochs} | train loss {metrics['train_loss']:.4f} | "
         f"val loss {metrics['val_loss']:.4f} top-1 {metrics['val_top1']:.2f}% top-5 {metrics['val_top5']:.2f}%"
@@ -475,4 +525,9 @@ def format_progress(metrics: dict[str, float], epochs: int) -> str:
     if "val_mv_top1" in metrics:
         views = int(metrics["val_views"])
         line += f" | {views}-view top-1 {metrics['val_mv_top1']:.2f}% top-5 {metrics['val_mv_top5']:.2f}%"
-    return line + f" | {metrics['samples_per_sec']:.0f} samples/s | {metrics['epoch_time_s']:.1f} s"
+    if "val_balanced_acc" in metrics:
+        line += f" | balanced {metrics['val_balanced_acc']:.2f}%"
+        worst = [(name, recall) for name, recall in worst or () if recall < 100.0]
+        if worst:
+            line += ", lowest " + ", ".join(f"{name[:24]} {recall:.1f}%" for name, recall in worst)
+    return line + f" | {format_rate(metrics['samples_per_sec'])} samples/s | {metrics['epoch_time_s']:.1f} s"

@@ -220,6 +220,9 @@ def run_sweep(cfg: Config, teacher_presets: Path | None = None) -> SweepSummary:
         teacher_source=teacher_source,
     )
     tuner, total = build_tuner(cfg, dimensions, context, storage, sweep_dir, resuming)
+    from fovea.console import stop_sweep_on_sigterm
+
+    stop_sweep_on_sigterm()  # SIGTERM stops the sweep as Ctrl-C does: Tune saves its state, the rerun resumes it
     grid = tuner.fit()
     rows = collect_rows(grid, context, cfg)
     unfinished = [r for r in rows if r["outcome"] == "unfinished"]
@@ -338,6 +341,7 @@ def default_sweep_name(cfg: Config) -> str:
         return cfg.tune.name
     content = cfg.model_dump(mode="json")
     content["tune"].pop("name")
+    content["train"].pop("verbose", None)  # how much it prints is not another sweep
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.job}-{digest}"
 

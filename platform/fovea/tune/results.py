@@ -311,7 +311,12 @@ class TrialTableBase:
         rows = sorted(self.rows.values(), key=lambda r: r["trial_id"])
         done = sum(r["outcome"] not in ("running", "pending") for r in rows)
         table = format_table(rows, self.paths, self.metric)
-        return f"trials: {done}/{len(rows)} done (epochs of {self.epochs})\n{table}"
+        scored = [r for r in rows if r["best"] is not None]
+        best = ""
+        if scored:
+            top = self.better(scored, key=lambda r: r["best"])
+            best = f"\nbest so far: {self.metric} {top['best']:.4g} (trial {top['trial_id']})"
+        return f"trials: {done}/{len(rows)} done (epochs of {self.epochs})\n{table}{best}"
 
     def maybe_print(self, force: bool = False) -> None:
         if force or time.time() - self._printed >= self.every_s:

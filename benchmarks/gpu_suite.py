@@ -42,6 +42,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "mvit_b_eager": ("video", [*MVIT_B, "train.compile=false"]),
     "mvit_b_compiled": ("video", MVIT_B),
     "mvit_b_checkpointed": ("video", [*MVIT_16X4, "--batch-size", "32", "train.grad_checkpointing=true"]),
+    "mvit_b_nvdec": ("video", [*MVIT_B, "data.video_decode=device"]),  # clips decoded by NVDEC (issue 25)
     "timesformer_divided": ("video", [*TIMESFORMER, "data.num_frames=8", "data.frame_interval=8"]),
     "vivit_fe": (
         "video",

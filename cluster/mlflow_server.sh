@@ -31,7 +31,16 @@ probe_host="$host"
 [ "$probe_host" = "0.0.0.0" ] && probe_host=127.0.0.1
 url="http://$probe_host:$port"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# alive, and not a zombie: where nothing reaps orphans (PID 1 of many containers), a crashed server stays a zombie
+# that `kill -0` still finds, and a restart would answer "already running" with no server behind it
+running() {
+    [ -f "$pidfile" ] || return 1
+    local pid state
+    pid="$(cat "$pidfile")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    state="$(ps -o stat= -p "$pid" 2>/dev/null || true)"
+    [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
 
 healthy() {
     python3 - "$url/health" <<'PY' 2>/dev/null

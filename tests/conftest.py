@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 
 import pytest
+
+_HARD_EXIT: list[pytest.Session] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """End the test process without the interpreter's teardown, with pytest's own exit status.
+
+    After ``ray.shutdown()`` Ray's core-worker threads (gRPC, event engine, the GCS client's io thread) stay in the
+    process, and decord, PyAV and TorchCodec each keep FFmpeg's thread pools: about 45 native threads are alive when
+    the last test ends (counted under /proc/self/task). Tearing the interpreter and the libraries' static objects
+    down under running threads can crash a process whose tests all passed (a CI run ended in SIGSEGV, exit 139,
+    at about the time its last tests ran; no run here reproduced it). Every result is reported by then, so the
+    process ends as soon as Python's own exit handling starts; ``FOVEA_TESTS_FULL_TEARDOWN=1`` keeps the normal
+    teardown (to debug it). A crash inside a test still fails the run."""
+    if os.environ.get("FOVEA_TESTS_FULL_TEARDOWN") == "1" or _HARD_EXIT:
+        return
+    _HARD_EXIT.append(session)  # once per process
+
+    def _exit_now() -> None:  # the last atexit handler registered runs first
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(session.exitstatus))
+
+    atexit.register(_exit_now)
 
 
 @pytest.fixture(scope="module")

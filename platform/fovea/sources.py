@@ -314,14 +314,20 @@ def _head_size(name: str, checkpoint: str) -> int:
     """The number of classes a model's weights were trained for (its classifier's rows)."""
     from timm.models import get_pretrained_cfg_value
 
-    from fovea.weights import read_state_dict
+    from fovea.weights import NATIVE, detect_layout, read_weights
 
     classifier = get_pretrained_cfg_value(name, "classifier") or "head"
     if not checkpoint:
         return int(get_pretrained_cfg_value(name, "num_classes") or 1000)
-    state = read_state_dict(Path(checkpoint).expanduser())
+    source = read_weights(Path(checkpoint).expanduser())
+    layout = detect_layout(source)
+    if layout is not NATIVE:  # a published layout names its classifier its own way: its describe() reads it
+        rows = layout.describe(source).num_classes
+        if rows is None:
+            raise ValueError(f"{checkpoint}: its {layout.name} classifier's size is unknown, so its classes are too")
+        return rows
     first = classifier if isinstance(classifier, str) else classifier[0]
-    weight = state.get(f"{first}.weight")
+    weight = source.state.get(f"{first}.weight")
     if weight is None or weight.dim() < 1:
         raise ValueError(f"{checkpoint}: no {first}.weight classifier for {name}, so its classes are unknown")
     return int(weight.shape[0])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fovea.models import create_model
+from fovea.sources import load_named_model
 from fovea.weights import NATIVE, WeightsSource, detect_layout, read_weights
 from fovea.weights.cvt import MICROSOFT, TRANSFORMERS
 
@@ -366,3 +367,17 @@ def test_unsupported_transformers_configs_say_why(reference):
         config = {**source.meta["config"], **change}
         with pytest.raises(ValueError, match=message):
             TRANSFORMERS.describe(WeightsSource(source.path, source.state, {**source.meta, "config": config}))
+
+
+def test_a_model_by_name_takes_its_class_count_from_a_published_file(tmp_path):
+    """``load_named_model`` with ``num_classes=0`` (a distillation teacher given by name and file) reads the head's
+    size through the file's layout: transformers calls the classifier ``classifier``, not ``head``."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.CvtForImageClassification(transformers.CvtConfig(num_labels=5)).eval()  # CvT-13's shape
+    hf.save_pretrained(tmp_path / "cvt-13")
+    loaded = load_named_model("cvt_13_224", num_classes=0, img_size=224, checkpoint=str(tmp_path / "cvt-13"))
+    # the file's classifier itself, loaded (the logits differ from transformers' by its exact GELU: the preset runs
+    # the authors' QuickGELU, as test_transformers_folder_gives_transformers_logits shows)
+    assert torch.equal(loaded.module.head.weight, hf.classifier.weight)
+    assert _logits(loaded.module, torch.randn(1, 3, 224, 224)).shape == (1, 5)

@@ -381,16 +381,18 @@ def start_weights_path(spec: str, tracking_uri: str) -> Path:
     kind, value = source_kind(spec)
     if kind == "path":
         return Path(value).expanduser()
+    from fovea.refs import parse_registry_uri
     from fovea.track import download_registered_model, registered_version
 
     cache = fovea_home() / "registry"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", value.removeprefix("models:/").split("/")[0].split("@")[0])
-    final = cache / name / f"v{registered_version(value, tracking_uri)}"
+    registered = parse_registry_uri(value)[0]
+    version = registered_version(value, tracking_uri)  # an alias resolved once: what is cached is what is named
+    final = cache / re.sub(r"[^A-Za-z0-9._-]", "_", registered) / f"v{version}"
     if (final / "weights.pt").is_file():  # this node has it already (the driver's check, another worker)
         return final
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        folder, _ = download_registered_model(value, tracking_uri, tmp)
+        folder, _ = download_registered_model(f"models:/{registered}/{version}", tracking_uri, tmp)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(folder, final)  # atomic: another worker on this node may have just done the same

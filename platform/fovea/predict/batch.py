@@ -1,11 +1,12 @@
 """``jobs/predict.py``: batch inference with Ray Data over a folder, a file list or a prepared dataset's split.
 
-The model (``models:/NAME@ALIAS``, a checkpoint or a model folder, loaded by ``fovea.sources``) is put in Ray's
-object store once; ``map_batches`` runs ``PredictBatch``, a callable class whose actors (``--concurrency``, one GPU
-each with ``--use-gpu``) build the model once and decode every input through ``fovea.predict`` (the evaluation's
-decoders, the model's recorded settings). Files that do not read or decode are skipped, counted and listed (and
-written to ``OUT.skipped.csv``); the driver prints a progress line, writes ``OUT`` (Parquet: ``path``, ``label``,
-``probability``, ``classes``, ``probabilities``; ``true_label`` for a prepared split) and a summary (files/s).
+The model (``models:/NAME@ALIAS``, a checkpoint or a model folder, loaded by ``fovea.sources``) is checked on the
+driver, which resolves an alias to its version; ``map_batches`` runs ``PredictBatch``, a callable class whose actors
+(``--concurrency``, one GPU each with ``--use-gpu``) load that version once each and decode every input through
+``fovea.predict`` (the evaluation's decoders, the model's recorded settings). Files that do not read or decode are
+skipped, counted and listed (and written to ``OUT.skipped.csv``); the driver prints a progress line, writes ``OUT``
+(Parquet: ``path``, ``label``, ``probability``, ``classes``, ``probabilities``; ``true_label`` for a prepared split)
+and a summary (files/s).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class PredictBatch:
         from fovea.sources import load_model
 
         loaded = load_model(model, tracking_uri)  # on this actor's node, once (as training workers load weights)
+        self.location = loaded.location  # a registry alias resolved: models:/NAME/VERSION
         info = {**loaded.inputs, "model_name": loaded.model_name, "classes": loaded.classes}
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.predictor = Predictor.from_info(loaded.module, info, views=views, device=device, **options)
@@ -284,7 +286,8 @@ def run_prediction(args: argparse.Namespace) -> PredictResult:
     predicted = rows.map_batches(
         PredictBatch,
         fn_constructor_kwargs={
-            "model": args.model,
+            # the version the driver resolved, so that an alias moved during the run cannot mix two versions
+            "model": model.location if model.location.startswith("models:/") else args.model,
             "tracking_uri": tracking_uri,
             "dataset_classes": list(inputs.manifest["classes"]) if inputs.manifest is not None else None,
             "views": args.views,

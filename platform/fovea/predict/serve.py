@@ -210,7 +210,8 @@ def app(args: dict[str, Any]) -> Any:
         uri = store_uri(SimpleNamespace(tracking_uri=settings["tracking_uri"])) if kind == "registry" else ""
         model = model if kind == "registry" else str(Path(model).expanduser().resolve())  # replicas run elsewhere
         # built here once as each replica builds it (on the CPU), so that a model that cannot serve fails now
-        PredictBatch(model, uri, views=settings["views"], top_k=settings["top_k"], use_gpu=False, options={})
+        probe = PredictBatch(model, uri, views=settings["views"], top_k=settings["top_k"], use_gpu=False, options={})
+        model = probe.location if kind == "registry" else model  # every replica serves the version resolved here
     except (CommandError, ValueError, OSError, RuntimeError, KeyError, ImportError) as err:
         raise ServeArgumentError(f"fovea serve: model {settings['model']}: {first_line(err)}") from None
     batching = {key: settings[key] for key in ("max_batch_size", "batch_wait_timeout_s", "use_gpu")}

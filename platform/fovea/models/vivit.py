@@ -38,6 +38,8 @@ image size get their position embeddings resized: bicubic over space, linear ove
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -88,8 +90,9 @@ class FactorisedSelfAttentionBlock(Block):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         time_first: bool = True,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
     ) -> None:
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path)
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, act_layer=act_layer)
         self.norm_temporal = nn.LayerNorm(dim, eps=1e-6)
         self.attn_temporal = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.time_first = time_first
@@ -212,7 +215,13 @@ class ViViT(CheckpointedBlocks, nn.Module):
         )
         steps, patches = self.patch_embed.grid[0], self.patch_embed.num_patches
         self.pos_drop = nn.Dropout(drop_rate)
-        block_args = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
+        block_args = dict(
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            act_layer=partial(nn.GELU, approximate=gelu_approximate),
+        )
         rates = calculate_drop_path_rates(drop_path_rate, depth + (temporal_depth if kind == "fe" else 0))
 
         if kind == "joint":
@@ -257,9 +266,6 @@ class ViViT(CheckpointedBlocks, nn.Module):
             )
             self.temporal_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.gelu_approximate = gelu_approximate
-        for module in self.modules():
-            if isinstance(module, Block):  # the shared block builds its MLP with exact GELU: swap the activation
-                module.mlp.act = nn.GELU(approximate=gelu_approximate)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()

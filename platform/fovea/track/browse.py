@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fovea.errors import first_line
 from fovea.track import fast_browse, store
-from fovea.track.fast_browse import iso_time, latest_update, model_row, run_record, version_record
+from fovea.track.fast_browse import iso_time, latest_update, model_row, quoted, run_record, version_record
 from fovea.track.run_logger import replay_fallback
 
 ALL_EXPERIMENTS = "all"
@@ -35,11 +35,6 @@ def _mlflow_errors_as_value_errors(call: Callable[[], _Result], context: str) ->
         return call()
     except MlflowException as err:
         raise ValueError(f"{context}: {first_line(err)}") from None
-
-
-def _quoted(value: str) -> str:
-    """``value`` as a single-quoted literal for an MLflow filter string."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _paged(search: Callable[[str | None], Any]) -> Iterator[Any]:
@@ -73,7 +68,7 @@ def _versions_of(client: Any, name: str, aliases: dict[str, Any] | None = None) 
         aliases = client.get_registered_model(name).aliases or {}
     found = _paged(
         lambda token: client.search_model_versions(
-            f"name = {_quoted(name)}", max_results=PAGE_SIZE, order_by=["version_number DESC"], page_token=token
+            f"name = {quoted(name)}", max_results=PAGE_SIZE, order_by=["version_number DESC"], page_token=token
         )
     )
     records = sorted((_version_record(v) for v in found), key=lambda record: -int(record["version"]))
@@ -265,7 +260,7 @@ def _registered_versions_of_runs(client: Any, run_ids: list[str]) -> dict[str, s
     """``{run id: "NAME/VERSION"}`` for the runs among ``run_ids`` that registered a model version."""
     found: dict[str, str] = {}
     for start in range(0, len(run_ids), 100):
-        chunk = ", ".join(_quoted(run_id) for run_id in run_ids[start : start + 100])
+        chunk = ", ".join(quoted(run_id) for run_id in run_ids[start : start + 100])
         for version in _paged(
             lambda token, c=chunk: client.search_model_versions(f"run_id IN ({c})", page_token=token)
         ):
@@ -345,7 +340,7 @@ def find_run(uri: str, reference: str, *, experiment: str = ALL_EXPERIMENTS) -> 
     if not matches:  # a run name, as `fovea runs list` shows it
         matches = _mlflow_errors_as_value_errors(
             lambda: client.search_runs(
-                list(experiments), filter_string=f"attributes.run_name = {_quoted(reference)}", max_results=10
+                list(experiments), filter_string=f"attributes.run_name = {quoted(reference)}", max_results=10
             ),
             "searching runs",
         )

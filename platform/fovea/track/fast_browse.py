@@ -436,13 +436,13 @@ class _RestStore:
     def _registered_versions(self, run_ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for start in range(0, len(run_ids), 100):
-            chunk = ", ".join(_quoted(run_id) for run_id in run_ids[start : start + 100])
+            chunk = ", ".join(quoted(run_id) for run_id in run_ids[start : start + 100])
             for version in self.paged("model-versions/search", "model_versions", {"filter": f"run_id IN ({chunk})"}):
                 found[version["run_id"]] = f"{version['name']}/{version['version']}"
         return found
 
     def _versions(self, name: str) -> list[dict[str, Any]]:
-        query = {"filter": f"name = {_quoted(name)}", "max_results": PAGE_SIZE, "order_by": ["version_number DESC"]}
+        query = {"filter": f"name = {quoted(name)}", "max_results": PAGE_SIZE, "order_by": ["version_number DESC"]}
         records = []
         for version in self.paged("model-versions/search", "model_versions", query):
             fields = {key: version.get(key) for key in ("name", "version", "status", "run_id", "source")}
@@ -464,6 +464,6 @@ class _RestStore:
         return rows
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     """``value`` as a single-quoted literal for an MLflow filter string."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -151,9 +151,13 @@ def end_training_run(uri: str, experiment_id: str, train_name: str, status: str,
         opened one).
     """
     mlflow_client = client(uri)
-    name = train_name.replace("'", "\\'")
+    from fovea.track.fast_browse import quoted
+
     runs = mlflow_client.search_runs(
-        [experiment_id], f"tags.`{TRAIN_NAME_TAG}` = '{name}'", order_by=["attributes.start_time DESC"], max_results=20
+        [experiment_id],
+        f"tags.`{TRAIN_NAME_TAG}` = {quoted(train_name)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
     )
     if not runs:
         return None

@@ -50,7 +50,7 @@ def worst_classes(confusion: Any, classes: Sequence[str], count: int = 3) -> lis
     return [(classes[index], recall) for recall, index in sorted(recalls)[:count]]
 
 
-@dataclass
+@dataclass(eq=False)  # kept and evicted by identity: == would compare image tensors
 class Mistake:
     """One misclassified sample the gallery keeps: true and predicted class, the predicted class's probability and
     a thumbnail (uint8 ``(3, h, w)``; None until the batch it came from is done)."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-PROGRESS_MARK = "fovea-progress "  # the same as fovea.console.PROGRESS_MARK (kept apart: workers import no console)
+from fovea.console import PROGRESS_MARK  # the driver's console reads the records back by it
 
 
 class StepProgress:

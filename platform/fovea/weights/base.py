@@ -82,6 +82,20 @@ class Layout:
     describe: Callable[[WeightsSource], WeightsInfo]
 
 
+# the Kinetics normalisation of every published MViT and TimeSformer video model: torchvision's MViT_V1_B_Weights
+# transforms, PySlowFast's DATA.MEAN/STD defaults (slowfast/config/defaults.py), pytorchvideo's
+# kinetics_classification_mvit_16x4, and the TimeSformer repository's defaults (timesformer/config/defaults.py),
+# which none of its configs override
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+
+
+def float_tuple(value: Any) -> tuple[float, ...] | None:
+    """A config's list of numbers (a mean, a std) as a tuple, or None when it is not one."""
+    if isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
+        return tuple(float(v) for v in value)
+    return None
+
+
 def has_prefix(state: State, *prefixes: str) -> bool:
     """Whether any key starts with one of ``prefixes``."""
     return any(key.startswith(prefixes) for key in state)

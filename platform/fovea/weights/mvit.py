@@ -26,14 +26,21 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from fovea.weights.base import Layout, State, WeightsInfo, WeightsSource, head_rows, yacs_config, yacs_value
+from fovea.weights.base import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    Layout,
+    State,
+    WeightsInfo,
+    WeightsSource,
+    float_tuple,
+    head_rows,
+    yacs_config,
+    yacs_value,
+)
 
-# Kinetics normalisation of every published MViT video model: torchvision's MViT_V1_B_Weights transforms,
-# PySlowFast's DATA.MEAN/STD defaults (slowfast/config/defaults.py), pytorchvideo's kinetics_classification_mvit_16x4
-KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
-# the image MViT-B-16 (PySlowFast configs/ImageNet/MVIT_B_16_CONV.yaml) was trained on ImageNet's statistics
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # MViT-B as published (Fan et al. 2021, Table 3; PySlowFast configs/Kinetics/MVIT_B_16x4_CONV.yaml) and as fovea's
 # mvit_base_16x4 / mvit_base_32x3 build it: the fields a file's ``model_args`` name are the ones that differ
 MVIT_B = {
@@ -261,12 +268,6 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _floats(value: Any) -> tuple[float, ...] | None:
-    if isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
-        return tuple(float(v) for v in value)
-    return None
-
-
 def _describe(state: State, tree: dict[str, Any]) -> WeightsInfo:
     """What a converted MViT file records: head rows, clip and image size from the position tables (or the cfg),
     the architecture from the shapes, and the published defaults of the release for what neither records."""
@@ -284,9 +285,9 @@ def _describe(state: State, tree: dict[str, Any]) -> WeightsInfo:
     # the published clips: 16 frames 4 apart and 32 frames 3 apart (PySlowFast MVIT_B_16x4_CONV / MVIT_B_32x3_CONV
     # DATA.SAMPLING_RATE; torchvision's mvit_v1_b is the 16x4 model, pytorchvideo's zoo has both)
     interval = _count(yacs_value(tree, "DATA.SAMPLING_RATE")) or {16: 4, 32: 3}.get(frames)
-    mean, std = _floats(yacs_value(tree, "DATA.MEAN")), _floats(yacs_value(tree, "DATA.STD"))
-    if mean is None or std is None:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if image else (KINETICS_MEAN, KINETICS_STD)
+    mean, std = float_tuple(yacs_value(tree, "DATA.MEAN")), float_tuple(yacs_value(tree, "DATA.STD"))
+    if mean is None or std is None:  # the image MViT-B-16 (configs/ImageNet/MVIT_B_16_CONV.yaml): ImageNet's
+        mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if image else (KINETICS_MEAN, KINETICS_STD)
     return WeightsInfo(
         family="mvit",
         num_classes=head_rows(state, "head.weight") or _count(yacs_value(tree, "MODEL.NUM_CLASSES")),

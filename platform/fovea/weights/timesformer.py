@@ -17,13 +17,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fovea.weights.base import Layout, State, WeightsInfo, WeightsSource, head_rows, yacs_config
+from fovea.weights.base import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    Layout,
+    State,
+    WeightsInfo,
+    WeightsSource,
+    float_tuple,
+    head_rows,
+    yacs_config,
+)
 
 # the repository's names for its three schemes (``TIMESFORMER.ATTENTION_TYPE``, transformers' ``attention_type``)
 ATTENTION_NAMES = {"divided_space_time": "divided", "joint_space_time": "joint", "space_only": "space"}
-# TimeSformer's Kinetics normalisation: the repository's defaults (timesformer/config/defaults.py, DATA.MEAN and
-# DATA.STD), which none of its configs override
-KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 # the architecture of fovea's base presets; a file that differs says so in ``model_args``
 _BASE_ARCH = {"embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0}
 
@@ -96,12 +103,6 @@ def _published_interval(classes: int | None, frames: int | None) -> int | None:
     return _KINETICS_INTERVALS.get(frames or 0) if classes in _KINETICS_CLASSES else None
 
 
-def _tuple(value: Any) -> tuple[float, ...] | None:
-    if isinstance(value, list | tuple) and value and all(isinstance(v, int | float) for v in value):
-        return tuple(float(v) for v in value)
-    return None
-
-
 # --- facebookresearch/TimeSformer ----------------------------------------------------------------------------------
 
 
@@ -152,8 +153,8 @@ def _describe_original(source: WeightsSource) -> WeightsInfo:
         num_frames=frames,
         frame_interval=interval if isinstance(interval, int) else None,
         img_size=size,
-        mean=_tuple(data.get("MEAN")) or KINETICS_MEAN,
-        std=_tuple(data.get("STD")) or KINETICS_STD,
+        mean=float_tuple(data.get("MEAN")) or KINETICS_MEAN,
+        std=float_tuple(data.get("STD")) or KINETICS_STD,
         # vit.py builds only ViT-B/16 with 12 heads (the base presets'); a narrower file must be given its heads
         model_args=_arch_args(state, attention, {}),
         suggested_model=_suggested(attention, frames, size),
@@ -268,8 +269,8 @@ def _describe_transformers(source: WeightsSource) -> WeightsInfo:
         img_size=size,
         # the file's processor where it has one; else the Kinetics statistics the weights were trained with in the
         # paper's repository (they are its checkpoints, converted)
-        mean=_tuple(preprocessor.get("image_mean")) or KINETICS_MEAN,
-        std=_tuple(preprocessor.get("image_std")) or KINETICS_STD,
+        mean=float_tuple(preprocessor.get("image_mean")) or KINETICS_MEAN,
+        std=float_tuple(preprocessor.get("image_std")) or KINETICS_STD,
         model_args=_arch_args(state, attention, known),
         suggested_model=_suggested(attention, frames, size),
     )
